@@ -1,0 +1,45 @@
+# Everything a fresh Debian 12 machine needs is installed here, idempotently.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-done
+
+DEB_PACKAGES := libvirt-dev pkg-config gcc iproute2 tcpdump nftables ethtool procps \
+	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
+	openvswitch-switch
+
+.PHONY: setup test test-fast bench demo clean distclean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "setup: installing Debian packages:" $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@id -u libvirt-qemu >/dev/null 2>&1 || useradd --system --user-group --no-create-home libvirt-qemu
+	@[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "libvirt-python==$$(pkg-config --modversion libvirt)"
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m 'not lab'
+
+bench: setup
+	$(PY) -m benchmarks
+
+demo: setup
+	$(VENV)/bin/rarp-announce send 52:54:00:12:34:56 52:54:00:ab:cd:ef --iface lo --vlan 100 --dry-run
+
+clean:
+	rm -rf .pytest_cache build *.egg-info benchmarks/results
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,3 @@
+from rarp_announce.cli import main
+
+main()

@@ -1,0 +1,122 @@
+"""The typer app and what every command shares: options, error reporting, one announcement run.
+
+Only typer and the standard library load at import: scapy and libvirt cost 0.4-2 s and are
+imported inside the commands that need them, so --help and the hook's helpers stay fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, NoReturn, Optional
+
+import typer
+
+from rarp_announce.errors import AnnounceError
+
+app = typer.Typer(
+    name="rarp-announce",
+    help=(
+        "Broadcast QEMU-style RARP announcements for live-migrated libvirt guests, so that "
+        "switches move each vNIC MAC to this host's port at once."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def fail(error: AnnounceError) -> NoReturn:
+    """One line on stderr and the error's exit code; never a traceback."""
+    typer.echo(f"rarp-announce: error: {error}", err=True)
+    raise typer.Exit(error.exit_code)
+
+
+# Schedule options shared by every command that announces.
+InitialOpt = Annotated[Optional[int], typer.Option("--initial", help="First gap in ms (QEMU announce-initial).", show_default="50")]
+MaxOpt = Annotated[Optional[int], typer.Option("--max", help="Largest gap in ms (QEMU announce-max).", show_default="550")]
+RoundsOpt = Annotated[Optional[int], typer.Option("--rounds", help="Frames per burst (QEMU announce-rounds).", show_default="5")]
+StepOpt = Annotated[Optional[int], typer.Option("--step", help="Gap increase per round in ms (QEMU announce-step).", show_default="100")]
+RepeatOpt = Annotated[Optional[int], typer.Option("--repeat", help="Repeat the whole burst N times (Nova's workaround for slow fabrics).", show_default="1")]
+RepeatIntervalOpt = Annotated[Optional[float], typer.Option("--repeat-interval", help="Seconds between the starts of two bursts.", show_default="1.0")]
+PcapOpt = Annotated[Optional[str], typer.Option("--pcap", help="Write the frames to this pcap file instead of the wire.", metavar="FILE")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print what would be sent and when; send nothing.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line instead of text.")]
+
+
+def schedule_from_options(base=None, **given):
+    """A Schedule from the defaults (or `base`), overridden by the options actually given."""
+    import dataclasses
+
+    from rarp_announce.schedule import Schedule
+
+    base = base or Schedule()
+    overrides = {name: value for name, value in given.items() if value is not None}
+    return dataclasses.replace(base, **overrides)
+
+
+def make_sink(pcap: str | None, dry_run: bool):
+    from rarp_announce import transport
+
+    if pcap and dry_run:
+        from rarp_announce.errors import InputError
+
+        raise InputError("--pcap and --dry-run exclude each other: choose one")
+    if pcap:
+        return transport.PcapSink(pcap)
+    if dry_run:
+        return transport.DryRunSink(sys.stdout)
+    return transport.RawSocketSink()
+
+
+def run_announcement(targets, schedule, sink, *, as_json: bool, trigger: str = "cli", domain: str | None = None) -> int:
+    """Announce `targets` on one schedule, reporting every frame; returns the exit code."""
+    import asyncio
+
+    from rarp_announce.announcer import Announcer
+    from rarp_announce.report import frame_reporter
+
+    from rarp_announce.transport import DryRunSink, PcapSink
+
+    failures: list[str] = []
+
+    def note_failure(event) -> None:
+        if event.error:
+            failures.append(f"device {event.target.device!r}: {event.error}")
+
+    observers = [frame_reporter(as_json, quiet=True) if as_json else (lambda event: None), note_failure]
+
+    async def _run() -> None:
+        announcer = Announcer(sink, observers=observers)
+        problems = announcer.prepare(targets)
+        if problems:
+            device, reason = next(iter(problems.items()))
+            from rarp_announce.errors import DeviceError
+
+            raise DeviceError(device, reason)
+        announcer.announce(targets, schedule, trigger=trigger, domain=domain)
+        await announcer.drain()
+
+    sent = 0
+
+    def count(event) -> None:
+        nonlocal sent
+        sent += event.error is None
+
+    observers.append(count)
+    try:
+        asyncio.run(_run())
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        sink.close()
+    if not as_json and not isinstance(sink, DryRunSink):
+        devices = sorted({t.device for t in targets})
+        where = f"to {sink.path}" if isinstance(sink, PcapSink) else "on " + ", ".join(devices)
+        typer.echo(f"announced {len({t.mac for t in targets})} MAC(s) {where}: {sent} frame(s) over {schedule.duration:.3f} s")
+    if failures:
+        typer.echo(f"rarp-announce: error: {failures[0]} ({len(failures)} frame(s) failed)", err=True)
+        return 1
+    return 0
+
+

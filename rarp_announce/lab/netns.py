@@ -1,0 +1,193 @@
+"""Test topologies in network namespaces the test makes itself, and captures inside them.
+
+Every name carries this process's pid, so parallel or crashed runs never collide, and
+`Topology.close()` removes everything (deleting a netns deletes its veths and bridges).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import struct
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from pyroute2 import NetNS, netns
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_AUXDATA = 8
+SO_TIMESTAMPNS = 35
+TP_STATUS_VLAN_VALID = 1 << 4
+TP_STATUS_VLAN_TPID_VALID = 1 << 6
+_AUXDATA = struct.Struct("IIIHHHH")  # status, len, snaplen, mac, net, vlan_tci, vlan_tpid
+
+
+def unique(prefix: str) -> str:
+    return f"rat{os.getpid() % 100000}{prefix}"
+
+
+@contextmanager
+def inside(ns: str) -> Iterator[None]:
+    """Run the block in netns `ns` (this thread only); sockets made here stay in it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    own = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
+    try:
+        if libc.setns(target, 0x40000000) != 0:  # CLONE_NEWNET
+            raise OSError(ctypes.get_errno(), f"setns into {ns} failed")
+        yield
+    finally:
+        libc.setns(own, 0x40000000)
+        os.close(own)
+        os.close(target)
+
+
+@dataclass
+class Topology:
+    """A 'physical switch' netns with a Linux bridge, and host netns each with a veth uplink.
+
+    Host `h` has device `uplink` (its end) and bridge `br0` enslaving it, like a hypervisor
+    whose bridge floods to its uplink; the switch port for host `h` is `port_<h>`.
+    """
+
+    hosts: Sequence[str] = ("a", "b")
+    switch: str = field(init=False)
+    ns: dict[str, str] = field(init=False, default_factory=dict)
+    _made: list[str] = field(init=False, default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.switch = unique("sw")
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+
+    def _build(self) -> None:
+        netns.create(self.switch)
+        self._made.append(self.switch)
+        with NetNS(self.switch) as sw:
+            sw.link("add", ifname="switch", kind="bridge", br_stp_state=0, br_ageing_time=30000)
+            switch_index = sw.link_lookup(ifname="switch")[0]
+            for host in self.hosts:
+                name = unique(host)
+                netns.create(name)
+                self._made.append(name)
+                self.ns[host] = name
+                sw.link("add", ifname=f"port_{host}", kind="veth", peer={"ifname": "uplink", "net_ns_fd": name})
+                sw.link("set", ifname=f"port_{host}", master=switch_index, state="up")
+                with NetNS(name) as h:
+                    h.link("add", ifname="br0", kind="bridge", br_stp_state=0)
+                    br = h.link_lookup(ifname="br0")[0]
+                    h.link("set", ifname="uplink", master=br, state="up")
+                    h.link("set", ifname="br0", state="up")
+                    h.link("set", ifname="lo", state="up")
+            sw.link("set", ifname="switch", state="up")
+
+    def exec(self, host: str, argv: Sequence[str], **kwargs) -> subprocess.CompletedProcess:
+        """Run argv inside host's netns (`host` may also be 'switch')."""
+        ns = self.switch if host == "switch" else self.ns[host]
+        kwargs.setdefault("capture_output", True)
+        kwargs.setdefault("text", True)
+        kwargs.setdefault("timeout", 30)
+        return subprocess.run(["ip", "netns", "exec", ns, *argv], **kwargs)
+
+    def popen(self, host: str, argv: Sequence[str], **kwargs) -> subprocess.Popen:
+        ns = self.switch if host == "switch" else self.ns[host]
+        return subprocess.Popen(["ip", "netns", "exec", ns, *argv], **kwargs)
+
+    def fdb_port(self, mac: str) -> str | None:
+        """The switch port on which the switch bridge has learned `mac`, or None."""
+        with NetNS(self.switch) as sw:
+            names = {link["index"]: link.get("ifname") for link in sw.get_links()}
+            for entry in sw.fdb("dump"):
+                if entry.get("lladdr", "").lower() == mac.lower() and entry.get("master"):
+                    return names.get(entry["ifindex"])
+        return None
+
+    def learn(self, host: str, mac: str) -> None:
+        """Make the switch learn `mac` behind `host`: one plain frame from host's uplink."""
+        frame = b"\xff" * 6 + bytes.fromhex(mac.replace(":", "")) + b"\x88\xb5" + bytes(46)
+        with inside(self.ns[host]):
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        try:
+            sock.bind(("uplink", 0))
+            sock.send(frame)
+        finally:
+            sock.close()
+
+    def capture(self, host: str, device: str) -> "Capture":
+        ns = self.switch if host == "switch" else self.ns[host]
+        return Capture(ns, device)
+
+    def close(self) -> None:
+        for name in reversed(self._made):
+            try:
+                netns.remove(name)
+            except OSError:
+                pass
+        self._made.clear()
+
+    def __enter__(self) -> "Topology":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class Captured:
+    time: float  # kernel receive timestamp, wall clock
+    frame: bytes  # with the 802.1Q tag put back where the kernel stripped it
+
+
+class Capture:
+    """A packet socket in a netns, with PACKET_AUXDATA so stripped VLAN tags are restored."""
+
+    def __init__(self, ns: str, device: str) -> None:
+        with inside(ns):
+            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        self.sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.sock.bind((device, ETH_P_ALL))
+        self.sock.settimeout(0.05)
+
+    def frames(self, ethertype: int = 0x8035, *, count: int | None = None, timeout: float = 3.0) -> list[Captured]:
+        """Frames of `ethertype` (tagged or not) until `count` arrive or `timeout` passes."""
+        found: list[Captured] = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (count is None or len(found) < count):
+            try:
+                data, ancillary, _flags, address = self.sock.recvmsg(65535, 1024)
+            except socket.timeout:
+                continue
+            if address[2] == socket.PACKET_OUTGOING:
+                continue
+            stamp = time.time()
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                    sec, nsec = struct.unpack("qq", payload[:16])
+                    stamp = sec + nsec / 1e9
+                elif level == SOL_PACKET and kind == PACKET_AUXDATA:
+                    status, _l, _s, _m, _n, tci, tpid = _AUXDATA.unpack(payload[: _AUXDATA.size])
+                    if status & TP_STATUS_VLAN_VALID:
+                        tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
+                        data = data[:12] + struct.pack("!HH", tpid, tci) + data[12:]
+            inner = data[16:18] if data[12:14] == b"\x81\x00" else data[12:14]
+            if int.from_bytes(inner, "big") == ethertype:
+                found.append(Captured(stamp, data))
+        return found
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "Capture":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
