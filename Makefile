@@ -33,7 +33,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m 'not lab'
 
 bench: setup
-	$(PY) -m benchmarks
+	$(PY) -m benchmarks $(BENCH)
 
 demo: setup
 	$(VENV)/bin/rarp-announce send 52:54:00:12:34:56 52:54:00:ab:cd:ef --iface lo --vlan 100 --dry-run

@@ -64,6 +64,8 @@ def sniff_rarp(iface: str, *, count: int = 0, timeout: float | None = None, as_j
     problem = device_state(iface)
     if problem:
         raise DeviceError(iface, problem)
+    import scapy.arch  # noqa: F401  (fills conf.L2listen for this OS; scapy.config alone leaves it None)
+    import scapy.layers.l2  # noqa: F401  (registers Ethernet, or the listen socket warns and guesses)
     from scapy.config import conf
 
     seen = 0

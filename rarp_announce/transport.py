@@ -53,8 +53,9 @@ class RawSocketSink:
         try:
             sock.send(frame)
         except OSError as exc:
-            # The device may have gone or been re-created: the next send opens afresh.
-            self.forget(device)
+            if exc.errno not in (errno.EAGAIN, errno.ENOBUFS):
+                # The device may have gone or been re-created: the next send opens afresh.
+                self.forget(device)
             raise DeviceError(device, _send_failure(exc)) from None
 
     def forget(self, device: str) -> None:

@@ -10,6 +10,9 @@ import sys
 
 from rarp_announce.cli._common import app
 from rarp_announce.cli import send as _send  # noqa: F401  (registers send, sniff)
+from rarp_announce.cli import hook as _hook  # noqa: F401  (registers hook install|uninstall|status|wait)
+from rarp_announce.cli import resolve as _resolve  # noqa: F401  (registers targets, domain)
+from rarp_announce.cli import daemon as _daemon  # noqa: F401  (registers daemon, status)
 from rarp_announce.errors import AnnounceError
 
 __all__ = ["app", "main"]

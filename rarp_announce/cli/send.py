@@ -27,10 +27,10 @@ from rarp_announce.errors import AnnounceError
 
 @app.command()
 def send(
-    macs: Annotated[list[str], typer.Argument(help="vNIC MACs: 52:54:00:12:34:56, 52-54-00-12-34-56, 5254.0012.3456 or 525400123456.", show_default=False)],
-    iface: Annotated[str, typer.Option("--iface", "-i", help="Host device the frames leave on (a bridge or uplink, never a guest's vnetX tap).")],
-    vlan: Annotated[Optional[int], typer.Option("--vlan", help="Tag the frames with this 802.1Q VLAN id (1..4094).")] = None,
-    priority: Annotated[int, typer.Option("--priority", help="802.1p priority (0..7) in the tag; needs --vlan.")] = 0,
+    macs: Annotated[list[str], typer.Argument(metavar="MAC", help="vNIC MACs: 52:54:00:12:34:56, 52-54-00-12-34-56, 5254.0012.3456 or 525400123456.", show_default=False)],
+    iface: Annotated[str, typer.Option("--iface", "-i", metavar="DEV", help="Host device the frames leave on (a bridge or uplink, never a guest's vnetX tap).")],
+    vlan: Annotated[Optional[int], typer.Option("--vlan", metavar="N", help="Tag the frames with this 802.1Q VLAN id (1..4094).")] = None,
+    priority: Annotated[int, typer.Option("--priority", metavar="P", help="802.1p priority (0..7) in the tag; needs --vlan.")] = 0,
     initial: InitialOpt = None,
     max_: MaxOpt = None,
     rounds: RoundsOpt = None,
@@ -45,7 +45,13 @@ def send(
 
     All MACs share one schedule: every round sends one frame per MAC together.
 
-    Example: rarp-announce send 52:54:00:12:34:56 --iface br0 --vlan 100 --repeat 3
+    Examples:
+
+      rarp-announce send 52:54:00:12:34:56 --iface br0 --vlan 100
+
+      rarp-announce send 5254.0012.3456 52:54:00:ab:cd:ef --iface bond0 --repeat 3 --json
+
+      rarp-announce send 52:54:00:12:34:56 --iface br0 --pcap /tmp/rarp.pcap
     """
     from rarp_announce.announcer import Target
     from rarp_announce.frames import check_vlan
@@ -66,14 +72,16 @@ def send(
 
 @app.command()
 def sniff(
-    iface: Annotated[str, typer.Option("--iface", "-i", help="Device to listen on.")],
-    count: Annotated[int, typer.Option("--count", "-c", help="Stop after N RARP frames (0: no limit).", min=0)] = 0,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", "-t", help="Stop after S seconds.", min=0)] = None,
+    iface: Annotated[str, typer.Option("--iface", "-i", metavar="DEV", help="Device to listen on (a bridge, uplink or switch port).")],
+    count: Annotated[int, typer.Option("--count", "-c", metavar="N", help="Stop after N RARP frames (0: no limit).", min=0)] = 0,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", "-t", metavar="S", help="Stop after S seconds.", min=0)] = None,
     json_: JsonOpt = False,
 ) -> None:
     """Print each RARP frame seen on a device, tagged or not, and whether it has QEMU's exact shape.
 
-    Use it to check what reaches a port: rarp-announce sniff --iface br0 --count 5
+    Use it to check what reaches a port. Exit 1 when --count frames did not arrive in time.
+
+    Example: rarp-announce sniff --iface br0 --count 5 --timeout 10
     """
     from rarp_announce.sniff import sniff_rarp
 
@@ -84,4 +92,5 @@ def sniff(
     except KeyboardInterrupt:
         raise typer.Exit(130)
     if count and seen < count:
+        typer.echo(f"rarp-announce: error: saw {seen} of {count} RARP frame(s) on {iface} before the timeout", err=True)
         raise typer.Exit(1)

@@ -1,0 +1,324 @@
+"""The TOML configuration file: schedule defaults, uplink overrides, ignore lists, daemon and hook.
+
+Standard library only (tomllib): the libvirt hook reads its [hook] section through this module
+and must stay light. Every value is checked here, so a broken file is one line naming the key
+and what it expects, and the rest of the program trusts the frozen result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from rarp_announce.errors import InputError
+from rarp_announce.mac import normalize_mac
+from rarp_announce.schedule import Schedule
+
+DEFAULT_CONFIG_PATH = "/etc/rarp-announce/config.toml"
+DEFAULT_URI = "qemu:///system"
+DEFAULT_CONTROL_SOCKET = "/run/rarp-announce/control.sock"
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; more is a mistake
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    control_socket: str = DEFAULT_CONTROL_SOCKET
+    state_dir: str = "/var/lib/rarp-announce"
+    metrics: str | None = None  # "ADDR:PORT" for the Prometheus endpoint; None: no endpoint
+    log_format: str = "text"  # text | json
+    retry_timeout: float = 60.0  # seconds to keep retrying a target whose device is not ready
+    retry_interval: float = 0.5
+    device_added_window: float = 300.0
+    keepalive_interval: int = 5
+    keepalive_count: int = 3
+    reconnect_max: float = 30.0
+
+
+@dataclass(frozen=True)
+class HookConfig:
+    control_socket: str = DEFAULT_CONTROL_SOCKET
+    mode: str = "auto"  # auto | daemon | standalone
+    handoff_timeout: float = 0.05
+    waiter_timeout: float = 300.0
+    log_file: str = "/var/log/rarp-announce-hook.log"
+
+
+@dataclass(frozen=True)
+class Config:
+    schedule: Schedule = field(default_factory=Schedule)
+    connect: str | None = None
+    uplinks: dict[str, str] = field(default_factory=dict)  # bridge or tap -> device announced on
+    ignore_domains: frozenset[str] = frozenset()
+    ignore_macs: frozenset[str] = frozenset()  # normalized: lower-case, colon-separated
+    sysfs_root: str = "/sys"
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    hook: HookConfig = field(default_factory=HookConfig)
+
+
+def libvirt_uri(cli_value: str | None, config: Config) -> str:
+    """`--connect` wins, then the config's `connect`, then LIBVIRT_DEFAULT_URI, then qemu:///system."""
+    for candidate in (cli_value, config.connect, os.environ.get("LIBVIRT_DEFAULT_URI")):
+        if candidate:
+            return candidate
+    return DEFAULT_URI
+
+
+def load_config(path: str | None) -> Config:
+    """Read and check a config file; None reads the default path if it exists, else defaults."""
+    if path is None:
+        if not os.path.exists(DEFAULT_CONFIG_PATH):
+            return Config()
+        path = DEFAULT_CONFIG_PATH
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
+    except FileNotFoundError:
+        raise InputError(f"config file {path!r} does not exist: create it or drop --config") from None
+    except IsADirectoryError:
+        raise InputError(f"config file {path!r} is a directory: give the path of a .toml file") from None
+    except OSError as exc:
+        raise InputError(f"cannot read config file {path!r}: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise InputError(f"config file {path!r} is larger than {MAX_CONFIG_BYTES} bytes: is it the right file?")
+    try:
+        document = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"config file {path!r} is not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"config file {path!r} is not valid TOML: {_one_line(str(exc))}") from None
+    try:
+        return parse_config(document)
+    except InputError as exc:
+        raise InputError(f"config file {path!r}: {exc}") from None
+
+
+def parse_config(document: Mapping[str, Any]) -> Config:
+    """A Config from an already parsed TOML document (the checks of load_config, without the file)."""
+    _only_keys("", document, ("connect", "sysfs_root", "schedule", "uplinks", "ignore", "daemon", "hook"))
+    connect = _optional_str(document, "connect", "")
+    sysfs_root = _str(document, "sysfs_root", "", "/sys")
+    if not sysfs_root.startswith("/"):
+        raise InputError(f"key sysfs_root: expected an absolute path, got {sysfs_root!r}")
+    return Config(
+        schedule=_schedule(_table(document, "schedule")),
+        connect=connect,
+        uplinks=_uplinks(_table(document, "uplinks")),
+        ignore_domains=_ignore_domains(_table(document, "ignore")),
+        ignore_macs=_ignore_macs(_table(document, "ignore")),
+        sysfs_root=sysfs_root,
+        daemon=_daemon(_table(document, "daemon")),
+        hook=_hook(_table(document, "hook")),
+    )
+
+
+_SCHEDULE_KEYS = {
+    "initial": "initial_ms",
+    "max": "max_ms",
+    "rounds": "rounds",
+    "step": "step_ms",
+    "repeat": "repeat",
+    "repeat_interval": "repeat_interval_s",
+}
+
+
+def _schedule(table: Mapping[str, Any]) -> Schedule:
+    _only_keys("schedule", table, tuple(_SCHEDULE_KEYS))
+    values: dict[str, Any] = {}
+    for key, attribute in _SCHEDULE_KEYS.items():
+        if key not in table:
+            continue
+        value = table[key]
+        if key == "repeat_interval":
+            values[attribute] = _number(value, f"[schedule] {key}", "a number of seconds")
+        else:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InputError(f"key [schedule] {key}: expected an integer, got {_shown(value)}")
+            values[attribute] = value
+    try:
+        return Schedule(**values)
+    except InputError as exc:
+        # Schedule's own message names the CLI option; the config key is what the operator edits.
+        raise InputError(f"[schedule]: {exc}") from None
+
+
+def _uplinks(table: Mapping[str, Any]) -> dict[str, str]:
+    uplinks: dict[str, str] = {}
+    for name, device in table.items():
+        key = f"[uplinks] {name}"
+        _check_ifname(name, f"key {key}: the name")
+        if not isinstance(device, str):
+            raise InputError(f"key {key}: expected a device name in quotes, got {_shown(device)}")
+        _check_ifname(device, f"key {key}")
+        if device == name:
+            raise InputError(f"key {key}: maps the device to itself; remove the line")
+        uplinks[name] = device
+    return uplinks
+
+
+def _ignore_domains(table: Mapping[str, Any]) -> frozenset[str]:
+    _only_keys("ignore", table, ("domains", "macs"))
+    names = _str_list(table, "domains", "ignore")
+    for name in names:
+        if not name.strip():
+            raise InputError("key [ignore] domains: expected domain names or UUIDs, got an empty string")
+    return frozenset(names)
+
+
+def _ignore_macs(table: Mapping[str, Any]) -> frozenset[str]:
+    macs = set()
+    for index, text in enumerate(_str_list(table, "macs", "ignore")):
+        try:
+            macs.add(normalize_mac(text))
+        except InputError as exc:
+            raise InputError(f"key [ignore] macs[{index}]: {exc}") from None
+    return frozenset(macs)
+
+
+def _daemon(table: Mapping[str, Any]) -> DaemonConfig:
+    defaults = DaemonConfig()
+    _only_keys("daemon", table, tuple(f.name for f in dataclasses.fields(DaemonConfig)))
+    values: dict[str, Any] = {}
+    if "control_socket" in table:
+        values["control_socket"] = _path(table, "control_socket", "daemon")
+    if "state_dir" in table:
+        values["state_dir"] = _path(table, "state_dir", "daemon")
+    if "metrics" in table:
+        values["metrics"] = _metrics(table["metrics"])
+    if "log_format" in table:
+        values["log_format"] = _choice(table, "log_format", "daemon", ("text", "json"))
+    for key in ("retry_timeout", "retry_interval", "device_added_window", "reconnect_max"):
+        if key in table:
+            values[key] = _positive(table[key], f"[daemon] {key}")
+    if "keepalive_interval" in table:
+        values["keepalive_interval"] = _int_range(table["keepalive_interval"], "[daemon] keepalive_interval", 1, 3600)
+    if "keepalive_count" in table:
+        # libvirt: count 0 with an interval disables the keepalive's dead-peer detection
+        values["keepalive_count"] = _int_range(table["keepalive_count"], "[daemon] keepalive_count", 0, 100)
+    return dataclasses.replace(defaults, **values)
+
+
+def _hook(table: Mapping[str, Any]) -> HookConfig:
+    defaults = HookConfig()
+    _only_keys("hook", table, tuple(f.name for f in dataclasses.fields(HookConfig)))
+    values: dict[str, Any] = {}
+    if "control_socket" in table:
+        values["control_socket"] = _path(table, "control_socket", "hook")
+    if "log_file" in table:
+        values["log_file"] = _path(table, "log_file", "hook")
+    if "mode" in table:
+        values["mode"] = _choice(table, "mode", "hook", ("auto", "daemon", "standalone"))
+    for key in ("handoff_timeout", "waiter_timeout"):
+        if key in table:
+            values[key] = _positive(table[key], f"[hook] {key}")
+    return dataclasses.replace(defaults, **values)
+
+
+def _metrics(value: Any) -> str | None:
+    expected = 'expected "ADDR:PORT" such as "127.0.0.1:9477" or "[::1]:9477", or "" for none'
+    if not isinstance(value, str):
+        raise InputError(f"key [daemon] metrics: {expected}, got {_shown(value)}")
+    if value == "":
+        return None
+    address, sep, port = value.rpartition(":")
+    if address.startswith("[") and address.endswith("]"):
+        address = address[1:-1]
+    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or any(c.isspace() for c in address):
+        raise InputError(f"key [daemon] metrics: {expected}, got {value!r}")
+    return value
+
+
+def _table(document: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    table = document.get(name, {})
+    if not isinstance(table, dict):
+        raise InputError(f"key {name}: expected a table [{name}], got {_shown(table)}")
+    return table
+
+
+def _only_keys(section: str, table: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    for key in table:
+        if key not in allowed:
+            where = f"[{section}] {key}" if section else key
+            raise InputError(f"unknown key {where}: expected one of {', '.join(allowed)}")
+
+
+def _str(table: Mapping[str, Any], key: str, section: str, default: str) -> str:
+    value = table.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise InputError(f"key {_where(section, key)}: expected a non-empty string, got {_shown(value)}")
+    return value
+
+
+def _optional_str(table: Mapping[str, Any], key: str, section: str) -> str | None:
+    if key not in table:
+        return None
+    return _str(table, key, section, "")
+
+
+def _path(table: Mapping[str, Any], key: str, section: str) -> str:
+    value = _str(table, key, section, "")
+    if not value.startswith("/"):
+        raise InputError(f"key {_where(section, key)}: expected an absolute path, got {value!r}")
+    return value
+
+
+def _choice(table: Mapping[str, Any], key: str, section: str, choices: tuple[str, ...]) -> str:
+    value = table[key]
+    if value not in choices:
+        raise InputError(f"key {_where(section, key)}: expected one of {', '.join(choices)}, got {_shown(value)}")
+    return value
+
+
+def _str_list(table: Mapping[str, Any], key: str, section: str) -> list[str]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InputError(f"key {_where(section, key)}: expected a list of strings, got {_shown(value)}")
+    return value
+
+
+def _number(value: Any, key: str, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"key {key}: expected {what}, got {_shown(value)}")
+    return float(value)
+
+
+def _positive(value: Any, key: str) -> float:
+    number = _number(value, key, "a positive number of seconds")
+    if number <= 0:
+        raise InputError(f"key {key}: expected a positive number of seconds, got {_shown(value)}")
+    return number
+
+
+def _int_range(value: Any, key: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InputError(f"key {key}: expected an integer {low}..{high}, got {_shown(value)}")
+    return value
+
+
+def _check_ifname(name: str, where: str) -> None:
+    # The kernel's rules (dev_valid_name): 1..15 bytes, no '/', no whitespace, not . or ..
+    if (
+        not name
+        or len(name.encode()) > 15
+        or "/" in name
+        or ":" in name
+        or any(c.isspace() for c in name)
+        or name in (".", "..")
+    ):
+        raise InputError(f"{where}: expected a network device name (1..15 characters, no '/', ':' or spaces), got {name!r}")
+
+
+def _where(section: str, key: str) -> str:
+    return f"[{section}] {key}" if section else key
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

@@ -1,0 +1,1 @@
+"""The long-running announcer of a hypervisor host: see service.Daemon."""

@@ -1,0 +1,94 @@
+"""The lab guest: no disk, 64 MiB, two vNICs (Linux bridge br0, and OVS ovsbr0 in VLAN 100).
+
+It sits in firmware (no bootable device) and migrates in about two seconds. Option ROMs are
+off so iPXE sends nothing: the only frames carrying its MACs are announcements.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from xml.sax.saxutils import escape
+
+OVS_VLAN = 100
+
+
+@dataclass(frozen=True)
+class Nic:
+    mac: str
+    bridge: str  # host bridge it plugs into
+    vlan: int | None  # access VLAN on the switch (None: untagged)
+    ovs: bool
+
+    @property
+    def switch_vlan(self) -> int:
+        """The VLAN the switch learns this MAC in (0 for untagged frames)."""
+        return self.vlan or 0
+
+    @property
+    def label(self) -> str:
+        return f"{self.bridge}" + (f" VLAN {self.vlan}" if self.vlan else "")
+
+
+@dataclass(frozen=True)
+class Guest:
+    name: str
+    nics: tuple[Nic, ...]
+    kvm: bool
+    uuid: str = field(default_factory=lambda: str(uuidlib.uuid4()))
+
+    @property
+    def macs(self) -> list[str]:
+        return [nic.mac for nic in self.nics]
+
+    def xml(self) -> str:
+        interfaces = "".join(_interface(nic) for nic in self.nics)
+        return f"""<domain type='{"kvm" if self.kvm else "qemu"}'>
+  <name>{escape(self.name)}</name>
+  <uuid>{self.uuid}</uuid>
+  <memory unit='MiB'>64</memory>
+  <vcpu>1</vcpu>
+  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <controller type='usb' model='none'/>
+    <memballoon model='none'/>
+    <video><model type='none'/></video>{interfaces}
+  </devices>
+</domain>
+"""
+
+
+def _interface(nic: Nic) -> str:
+    extra = ""
+    if nic.ovs:
+        extra += "\n      <virtualport type='openvswitch'/>"
+    if nic.vlan:
+        extra += f"\n      <vlan><tag id='{nic.vlan}'/></vlan>"
+    return f"""
+    <interface type='bridge'>
+      <mac address='{nic.mac}'/>
+      <source bridge='{nic.bridge}'/>{extra}
+      <model type='virtio'/>
+      <rom enabled='no'/>
+    </interface>"""
+
+
+def kvm_usable() -> bool:
+    return os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+def make_guest(*, kvm: bool | None = None, seed: int | None = None) -> Guest:
+    """A guest with random locally administered QEMU-range MACs, named after this process."""
+    rng = random.Random(seed)
+    tail = lambda: ":".join(f"{rng.randrange(256):02x}" for _ in range(3))  # noqa: E731
+    nics = (
+        Nic(f"52:54:00:{tail()}", "br0", None, False),
+        Nic(f"52:54:00:{tail()}", "ovsbr0", OVS_VLAN, True),
+    )
+    return Guest(f"rarp-lab-{os.getpid()}", nics, kvm_usable() if kvm is None else kvm)

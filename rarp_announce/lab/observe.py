@@ -1,0 +1,190 @@
+"""What the lab watches: RARP frames in a netns (all devices at once), and libvirt events.
+
+A `Sniffer` is one packet socket in a netns, not bound to a device, read by a thread; every
+RARP frame (tagged or not; the kernel strips tags into PACKET_AUXDATA, put back here) is kept
+with its kernel timestamp and device. On the switch it shows what each host sent up; on a
+host it shows QEMU's own frames arriving from the taps (before the drop rules).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+import time
+from dataclasses import dataclass
+
+from rarp_announce.lab.netns import (
+    _AUXDATA,
+    ETH_P_ALL,
+    PACKET_AUXDATA,
+    SO_TIMESTAMPNS,
+    SOL_PACKET,
+    TP_STATUS_VLAN_TPID_VALID,
+    TP_STATUS_VLAN_VALID,
+    inside,
+)
+
+RARP = 0x8035
+
+
+@dataclass(frozen=True)
+class Seen:
+    time: float  # kernel receive timestamp (wall clock, shared by all netns)
+    device: str
+    frame: bytes  # 802.1Q tag restored
+
+    @property
+    def mac(self) -> str:
+        return self.frame[6:12].hex(":")
+
+    @property
+    def vlan(self) -> int:
+        return int.from_bytes(self.frame[14:16], "big") & 0x0FFF if self.frame[12:14] == b"\x81\x00" else 0
+
+
+class Sniffer:
+    """Every incoming RARP frame on every device of netns `ns`, from start() to stop()."""
+
+    def __init__(self, ns: str, *, devices: tuple[str, ...] | None = None, prefix: str | None = None) -> None:
+        self.ns = ns
+        self.devices = devices
+        self.prefix = prefix
+        self._seen: list[Seen] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        with inside(ns):
+            self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        self._sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+        self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self._sock.settimeout(0.05)
+        self._thread = threading.Thread(target=self._run, name=f"sniff-{ns}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, ancillary, _flags, address = self._sock.recvmsg(65535, 1024)
+            except (socket.timeout, InterruptedError):
+                continue
+            except OSError:
+                return
+            if address[2] == socket.PACKET_OUTGOING:
+                continue
+            stamp = time.time()
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                    sec, nsec = struct.unpack("qq", payload[:16])
+                    stamp = sec + nsec / 1e9
+                elif level == SOL_PACKET and kind == PACKET_AUXDATA:
+                    status, _l, _s, _m, _n, tci, tpid = _AUXDATA.unpack(payload[: _AUXDATA.size])
+                    if status & TP_STATUS_VLAN_VALID:
+                        tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
+                        data = data[:12] + struct.pack("!HH", tpid, tci) + data[12:]
+            inner = data[16:18] if data[12:14] == b"\x81\x00" else data[12:14]
+            if int.from_bytes(inner, "big") != RARP:
+                continue
+            device = address[0]  # (ifname, proto, pkttype, hatype, addr)
+            if self.devices is not None and device not in self.devices:
+                continue
+            if self.prefix is not None and not device.startswith(self.prefix):
+                continue
+            with self._lock:
+                self._seen.append(Seen(stamp, device, data))
+
+    def since(self, start: float, until: float | None = None) -> list[Seen]:
+        with self._lock:
+            return [s for s in self._seen if s.time >= start and (until is None or s.time <= until)]
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(2)
+        self._sock.close()
+
+    def __enter__(self) -> "Sniffer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_frame(frame: bytes, mac: str, vlan: int | None) -> str | None:
+    """None when `frame` is exactly QEMU's announcement for `mac` (tagged `vlan`); else why not.
+
+    Decoded by scapy, an independent decoder, then compared byte by byte with the reference
+    layout of REFERENCE section 1.
+    """
+    from scapy.layers.l2 import ARP, Dot1Q, Ether
+    from scapy.packet import bind_layers
+
+    bind_layers(Ether, ARP, type=RARP)
+    bind_layers(Dot1Q, ARP, type=RARP)
+    raw_mac = bytes.fromhex(mac.replace(":", ""))
+    body = b"\x00\x01\x08\x00\x06\x04\x00\x03" + raw_mac + bytes(4) + raw_mac + bytes(4) + bytes(18)
+    tag = b"\x81\x00" + (vlan or 0).to_bytes(2, "big") if vlan else b""
+    expected = b"\xff" * 6 + raw_mac + tag + b"\x80\x35" + body
+    packet = Ether(frame)
+    arp = packet.getlayer(ARP)
+    if arp is None or arp.op != 3 or arp.hwsrc != mac or arp.hwdst != mac or arp.psrc != "0.0.0.0":
+        return f"scapy does not decode a reverse request for {mac}: {packet.summary()}"
+    got_vlan = packet[Dot1Q].vlan if packet.haslayer(Dot1Q) else None
+    if got_vlan != vlan:
+        return f"VLAN {got_vlan} instead of {vlan}"
+    if frame != expected:
+        return f"{len(frame)} bytes differ from QEMU's {len(expected)}: {frame.hex()}"
+    return None
+
+
+class Events:
+    """Lifecycle events of libvirt connections, with the wall-clock time each arrived.
+
+    libvirt needs its event loop registered before any connection opens, and run by a thread.
+    """
+
+    _loop_started = False
+    _loop_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self.records: list[tuple[float, str, str, int, int]] = []  # time, host, domain, event, detail
+        self._cond = threading.Condition()
+        self._start_loop()
+
+    @classmethod
+    def _start_loop(cls) -> None:
+        import libvirt
+
+        with cls._loop_lock:
+            if cls._loop_started:
+                return
+            libvirt.virEventRegisterDefaultImpl()
+
+            def run() -> None:
+                while True:
+                    libvirt.virEventRunDefaultImpl()
+
+            threading.Thread(target=run, name="libvirt-events", daemon=True).start()
+            cls._loop_started = True
+
+    def watch(self, host: str, conn) -> int:
+        import libvirt
+
+        def callback(_conn, dom, event, detail, _opaque) -> None:
+            with self._cond:
+                self.records.append((time.time(), host, dom.name(), event, detail))
+                self._cond.notify_all()
+
+        return conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, callback, None)
+
+    def wait(self, host: str, event: int, details: tuple[int, ...], since: float, timeout: float) -> float | None:
+        """Time of the first (`event`, detail in `details`) on `host` after `since`, or None."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for stamp, who, _dom, ev, detail in self.records:
+                    if who == host and ev == event and detail in details and stamp >= since:
+                        return stamp
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
