@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -18,6 +19,8 @@ from rarp_announce.frames import rarp_frame
 from rarp_announce.mac import parse_mac
 from rarp_announce.schedule import Schedule, Send
 from rarp_announce.transport import Sink
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -163,22 +166,43 @@ class Announcer:
         loop = asyncio.get_running_loop()
         send = announcement.sends[announcement.next_index]
         t = loop.time() - announcement.started
-        for target in announcement.targets:
-            error = None
+        try:
+            for target in announcement.targets:
+                if announcement.finished:  # an observer cancelled it mid-round
+                    break
+                error = self._send_one(target)
+                if error is not None:
+                    announcement.failed[target.key] = error
+                event = FrameEvent(t, target, send.burst, send.round, announcement.trigger, announcement.domain, error)
+                self._notify(event)
+        finally:
+            # Whatever went wrong above, the schedule goes on: a stalled chain never finishes and
+            # would leave its targets "running" for good, so they could never be announced again.
+            announcement.next_index += 1
+            if announcement.finished:
+                pass
+            elif announcement.next_index < len(announcement.sends):
+                due = announcement.started + announcement.sends[announcement.next_index].offset
+                announcement._timer = loop.call_at(due, self._fire, announcement)
+            else:
+                self._finish(announcement)
+
+    def _send_one(self, target: Target) -> str | None:
+        try:
+            self.sink.send(target.device, target.frame)
+        except DeviceError as exc:
+            return exc.reason
+        except Exception as exc:  # a sink's own bug or a full disk: one frame lost, not the schedule
+            _log.warning("sink failed on %s: %r", target.device, exc)
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def _notify(self, event: FrameEvent) -> None:
+        for observer in self.observers:
             try:
-                self.sink.send(target.device, target.frame)
-            except DeviceError as exc:
-                error = exc.reason
-                announcement.failed[target.key] = error
-            event = FrameEvent(t, target, send.burst, send.round, announcement.trigger, announcement.domain, error)
-            for observer in self.observers:
                 observer(event)
-        announcement.next_index += 1
-        if announcement.next_index < len(announcement.sends):
-            due = announcement.started + announcement.sends[announcement.next_index].offset
-            announcement._timer = loop.call_at(due, self._fire, announcement)
-        else:
-            self._finish(announcement)
+            except Exception:  # a broken observer (metrics, a closed pipe) must not stop frames
+                _log.exception("frame observer %r failed", observer)
 
     def _finish(self, announcement: Announcement) -> None:
         for target in announcement.targets:

@@ -235,7 +235,8 @@ def install(hooks_dir: str, settings: HookSettings, *, single_script: bool = Fal
             previous = parse_settings(target.read_text(encoding="utf-8"))
         except InputError:
             previous = None
-    for directory in (base, target.parent):
+    missing = [d for d in (*reversed(base.absolute().parents), base, target.parent) if not d.exists()]
+    for directory in dict.fromkeys(missing):
         if not directory.exists():
             try:
                 directory.mkdir(mode=0o755)

@@ -38,7 +38,15 @@ class Link:
 
 
 def valid_ifname(name: str) -> bool:
-    return bool(name) and len(name.encode()) <= 15 and "/" not in name and not any(c.isspace() for c in name) and name not in (".", "..")
+    # the kernel's dev_valid_name(): 1..15 bytes, no "/", ":" or whitespace, not "." or ".."
+    return (
+        bool(name)
+        and len(name.encode()) <= 15
+        and "/" not in name
+        and ":" not in name
+        and not any(c.isspace() for c in name)
+        and name not in (".", "..")
+    )
 
 
 def links(names: Iterable[str]) -> dict[str, Link | None]:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from rarp_announce.announcer import FrameEvent
+from rarp_announce.transport import emit_line
 
 
 def frame_record(event: FrameEvent) -> dict[str, object]:
@@ -32,15 +33,14 @@ def frame_reporter(as_json: bool, *, quiet: bool = False, stream: TextIO | None 
 
     def report(event: FrameEvent) -> None:
         if as_json:
-            out.write(json.dumps(frame_record(event)) + "\n")
-            out.flush()
+            emit_line(out, json.dumps(frame_record(event)))
         elif not quiet:
             vlan = event.target.vlan if event.target.vlan is not None else "-"
             status = f"FAILED: {event.error}" if event.error else "sent"
-            out.write(
+            emit_line(
+                out,
                 f"+{event.t:7.3f}s  burst {event.burst} round {event.round}  {event.target.mac}"
-                f"  {event.target.device} vlan {vlan}  {status}\n"
+                f"  {event.target.device} vlan {vlan}  {status}",
             )
-            out.flush()
 
     return report

@@ -163,6 +163,33 @@ class PcapSink:
         self._file.close()
 
 
+def emit_line(stream: TextIO, text: str) -> bool:
+    """Write one line and flush; False when the reader has gone (`... | head`), never an error.
+
+    Frames matter more than their report: a closed pipe must not stop an announcement.
+    """
+    try:
+        stream.write(text + "\n")
+        stream.flush()
+        return True
+    except BrokenPipeError:
+        _mute(stream)
+        return False
+
+
+def _mute(stream: TextIO) -> None:
+    # Python's own flush at exit would fail again; the remedy its docs give is /dev/null on the fd.
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 class DryRunSink:
     """Prints each frame that would leave, with its time since the first one; sends nothing."""
 
@@ -178,11 +205,10 @@ class DryRunSink:
         if self._start is None:
             self._start = now
         vlan = frame_vlan(frame)
-        print(
+        emit_line(
+            self._stream,
             f"dry-run +{now - self._start:7.3f}s  {device:<15} vlan {vlan if vlan is not None else '-':<4}"
             f"  {format_mac(frame[6:12])}  {len(frame)} bytes (not sent)",
-            file=self._stream,
-            flush=True,
         )
 
     def close(self) -> None:

@@ -253,3 +253,73 @@ def test_prepare_reports_each_unready_device_once() -> None:
     announcer = Announcer(RawSocketSink())
     problems = announcer.prepare([Target("52:54:00:00:00:01", "gone0"), Target("52:54:00:00:00:02", "gone0")])
     assert problems == {"gone0": "no such device on this host"}
+
+
+def test_a_failing_observer_stops_neither_frames_nor_other_observers(caplog: pytest.LogCaptureFixture) -> None:
+    recorder = Recorder()
+
+    def broken(event: FrameEvent) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    async def scenario() -> None:
+        announcer = Announcer(DryRunSink(io.StringIO()), observers=[broken, recorder])
+        announcer.announce([A, B], QUICK)
+        await asyncio.wait_for(announcer.drain(), 2)
+        assert announcer.running(A) is None
+
+    asyncio.run(scenario())
+    assert len(recorder.events) == 6
+    assert "frame observer" in caplog.text
+
+
+class ExplodingSink:
+    """A sink whose device `bad` fails with something other than DeviceError (a bug, a full disk)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def prepare(self, device: str) -> None:
+        pass
+
+    def send(self, device: str, frame: bytes) -> None:
+        if device == "bad":
+            raise OSError(28, "No space left on device")
+        self.sent.append(device)
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_unexpected_sink_error_is_a_failed_frame_not_a_stalled_schedule() -> None:
+    recorder = Recorder()
+    sink = ExplodingSink()
+    bad = Target("52:54:00:00:00:0d", "bad")
+
+    async def scenario() -> None:
+        announcer = Announcer(sink, observers=[recorder])
+        announcer.announce([bad, A], QUICK)
+        await asyncio.wait_for(announcer.drain(), 2)
+
+    asyncio.run(scenario())
+    assert sink.sent == ["br0"] * 3
+    assert [e.error for e in recorder.events if e.target == bad] == ["OSError: [Errno 28] No space left on device"] * 3
+
+
+def test_an_observer_may_cancel_its_announcement_mid_round() -> None:
+    recorder = Recorder()
+
+    async def scenario() -> None:
+        announcer, _ = make(recorder)
+        holder: dict[str, object] = {}
+
+        def cancel_at_round_2(event: FrameEvent) -> None:
+            if event.round == 2 and event.target == A:
+                announcer.cancel(holder["announcement"])  # type: ignore[arg-type]
+
+        announcer.observers.insert(0, cancel_at_round_2)
+        holder["announcement"] = announcer.announce([A, B], QUICK)
+        await asyncio.wait_for(announcer.drain(), 1)
+        await asyncio.sleep(0.05)  # past the third round's due time
+
+    asyncio.run(scenario())
+    assert [(e.target.mac, e.round) for e in recorder.events] == [(A.mac, 1), (B.mac, 1), (A.mac, 2)]

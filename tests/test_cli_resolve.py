@@ -34,7 +34,7 @@ WIRED = """<domain type='test'>
     <interface type='bridge'>
       <mac address='52:54:00:0a:00:01'/>
       <source bridge='br0'/>
-      <target dev='vm0'/>
+      <target dev='vnet0'/>
     </interface>
     <interface type='bridge'>
       <mac address='52:54:00:0a:00:02'/>
@@ -54,6 +54,34 @@ WIRED = """<domain type='test'>
   </devices>
 </domain>"""
 
+OVSVM = """<domain type='test'>
+  <name>ovsvm</name>
+  <uuid>11111111-2222-3333-4444-0000000000a2</uuid>
+  <memory unit='KiB'>65536</memory>
+  <os><type>hvm</type></os>
+  <devices>
+    <interface type='bridge'>
+      <mac address='52:54:00:0a:00:03'/>
+      <source bridge='ovsbr0'/>
+      <virtualport type='openvswitch'/>
+      <vlan><tag id='100'/></vlan>
+      <target dev='vm0'/>
+    </interface>
+  </devices>
+</domain>"""
+
+NETWORKS = [
+    "<network><name>default</name><bridge name='virbr0'/></network>",  # a node file starts with none
+    "<network><name>lab</name><bridge name='labbr0'/></network>",
+    "<network><name>ovs-net</name><forward mode='bridge'/><bridge name='ovsbr1'/><virtualport type='openvswitch'/></network>",
+    "<network><name>macvtap-net</name><forward mode='bridge'><interface dev='eth1'/></forward></network>",
+]
+# Through the test driver, network interfaces lose <source bridge> and <actual>: the bridge comes
+# from the network look-up, and the macvtap network (no bridge) is skipped.
+THROUGH_LIBVIRT = {
+    "networks": [("52:54:00:02:00:01", "virbr0", None), ("52:54:00:02:00:02", "labbr0", 300), ("52:54:00:02:00:04", "ovsbr1", 400)],
+}
+
 
 def octets(mac: str) -> bytes:
     return bytes.fromhex(mac.replace(":", ""))
@@ -71,8 +99,8 @@ def node(tmp_path_factory) -> str:
     """A test-driver node file: its domains run in every process that opens the URI."""
     require(_has_libvirt(), "needs libvirt-python")
     folder = tmp_path_factory.mktemp("node")
-    body = "".join(as_test_domain(name) for name in ("bridges", "sriov", "direct")) + WIRED
-    networks = "<network><name>lab</name><bridge name='labbr0'/></network>"
+    body = "".join(as_test_domain(name) for name in ("bridges", "networks", "sriov", "direct", "ethernet")) + WIRED + OVSVM
+    networks = "".join(NETWORKS)
     path = folder / "node.xml"
     path.write_text(f"<node>{networks}{body}</node>")
     return f"test://{path}"
@@ -212,6 +240,24 @@ def test_domain_pcap_announces_every_target_on_the_config_schedule(node: str, co
     assert result.stdout.strip() == f"announced 6 MAC(s) to {pcap}: 27 frame(s) over 0.040 s"
 
 
+@pytest.mark.parametrize("name", ["bridges", "networks", "direct", "sriov"])
+def test_domain_pcap_of_each_fixture_domain_matches_its_targets(node: str, config: str, tmp_path: Path, name: str) -> None:
+    pcap = tmp_path / f"{name}.pcap"
+    result = run(["domain", name, "--connect", node, "--config", config, "--pcap", str(pcap), "--rounds", "1"])
+    assert result.returncode == 0, result.stderr
+    wanted = THROUGH_LIBVIRT.get(name) or [(t.mac, t.device, t.vlan) for t in EXPECTED_TARGETS[f"{name}.xml"]]
+    assert [frame for _, frame in read_pcap(pcap)] == [scapy_frame(octets(mac), vlan) for mac, _device, vlan in wanted]
+    assert result.stdout.startswith(f"announced {len({mac for mac, _d, _v in wanted})} MAC(s) to {pcap}: {len(wanted)} frame(s)")
+
+
+def test_domain_with_nothing_to_announce_says_why(node: str, config: str) -> None:
+    result = run(["domain", "ethernet", "--connect", node, "--config", config, "--dry-run"])
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert lines[-1] == "rarp-announce: error: domain 'ethernet' has nothing to announce: every interface was skipped"
+    assert lines[0] == 'rarp-announce: note: skipped tap-web (ethernet): unmanaged tap (type ethernet): no uplink is known; set [uplinks] tap-web = "<uplink device>" in the config'
+
+
 def test_domain_options_override_the_config_and_json_reports_each_frame(node: str, config: str, tmp_path: Path) -> None:
     pcap = tmp_path / "sriov.pcap"
     result = run(["domain", "sriov", "--connect", node, "--config", config, "--pcap", str(pcap), "--rounds", "2", "--json"])
@@ -345,17 +391,16 @@ def test_domain_on_an_ovs_port_is_learned_in_its_vlan_and_leaves_the_trunk_tagge
             topology.learn("b", mac)  # the physical switch has the MAC behind the old host
             assert topology.fdb_port(mac) == "port_b"
 
-            targets = json.loads(topology.exec("a", [*CLI, "targets", "--domain", "wired", "--connect", node, "--json", "--config", config]).stdout)
-            ovs_target = [t for t in targets["targets"] if t["device"] == "ovsbr0"]
-            assert ovs_target == [{"mac": mac, "device": "ovsbr0", "vlan": 100, "kind": "openvswitch", "interface": "testnet2"}]
+            targets = json.loads(topology.exec("a", [*CLI, "targets", "--domain", "ovsvm", "--connect", node, "--json", "--config", config]).stdout)
+            assert targets == {"targets": [{"mac": mac, "device": "ovsbr0", "vlan": 100, "kind": "openvswitch", "interface": "vm0"}], "skipped": []}
 
             with topology.capture("switch", "port_a") as capture:
-                result = topology.exec("a", [*CLI, "domain", "wired", "--connect", node, "--config", config, "--rounds", "2", "--initial", "10"])
-                captured = [c for c in capture.frames(count=8, timeout=5) if c.frame[6:12] == octets(mac)]
+                result = topology.exec("a", [*CLI, "domain", "ovsvm", "--connect", node, "--config", config, "--rounds", "2", "--initial", "10"])
+                captured = capture.frames(count=2, timeout=5)
             fdb = ovs.fdb("ovsbr0")
-        # br0 is still there (with no uplink), so every target had a device: exit 0
         assert result.returncode == 0, result.stderr
-        assert (  "ovsbr0", 100, mac) in fdb  # learned on the bridge's internal port (LOCAL), VLAN 100
+        assert result.stdout.startswith("announced 1 MAC(s) on ovsbr0: 2 frame(s)")
+        assert ("ovsbr0", 100, mac) in fdb  # learned on the bridge's internal port (LOCAL), VLAN 100
         assert [(port, vlan) for port, vlan, learned in fdb if learned == mac] == [("ovsbr0", 100)]
         # out of the trunk tagged 100, byte for byte, and the physical switch moved the MAC
         assert [c.frame for c in captured] == [scapy_frame(octets(mac), 100)] * 2

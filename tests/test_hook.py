@@ -395,3 +395,40 @@ def test_the_repo_hook_is_the_template_and_is_executable() -> None:
     assert os.access(REPO_HOOK, os.X_OK)
     assert text.startswith("#!/usr/bin/python3 -IS\n")
     assert hookinstall.parse_settings(text) == HookSettings()
+
+
+def test_the_real_daemon_takes_the_hand_off(short_dir: Path) -> None:
+    """`rarp-announce daemon` (on libvirt's test driver) answers the hook and marks the domain incoming."""
+    from rarp_announce.daemon.control import request
+    from rarp_announce.errors import AnnounceError
+    from tests.conftest import CLI
+
+    made = make_hook(short_dir)
+    daemon = subprocess.Popen(
+        [*CLI, "daemon", "--connect", "test:///default", "--control-socket", made.control_socket,
+         "--state-dir", str(short_dir / "state")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                assert request(made.control_socket, {"op": "ping"}, timeout=0.5) == {"ok": True}
+                break
+            except AnnounceError:
+                assert daemon.poll() is None, daemon.stderr.read().decode()
+                assert time.monotonic() < deadline, "the daemon never answered its control socket"
+                time.sleep(0.1)
+        done, elapsed = made.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
+        assert_libvirt_safe(done, elapsed)
+        status = request(made.control_socket, {"op": "status"})["status"]
+        assert "guest1" in status["incoming"]
+        assert status["counters"]["handoffs"] == 1
+        assert "handed off to the daemon" in made.log_text() and made.waiters == []
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(10)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()

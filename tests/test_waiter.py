@@ -334,3 +334,29 @@ def test_wait_for_process_exit_sees_a_zombie_as_gone() -> None:
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_hook_wait_refuses_a_bad_uuid_in_one_line() -> None:
+    import subprocess
+
+    from tests.conftest import CLI
+
+    done = subprocess.run([*CLI, "hook", "wait", "--uuid", "../../etc", "--timeout", "1"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "invalid --uuid '../../etc'" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_hook_wait_gives_up_on_an_unreachable_libvirt_within_its_timeout() -> None:
+    import subprocess
+
+    from tests.conftest import CLI
+
+    started = time.monotonic()
+    done = subprocess.run(
+        [*CLI, "hook", "wait", "--uuid", str(uuidlib.uuid4()), "--timeout", "1.5", "--connect", "qemu:///system?socket=/nonexistent/sock"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert done.returncode == 1
+    assert "retrying" in done.stderr and "error: cannot connect to libvirt" in done.stderr
+    assert time.monotonic() - started < 10

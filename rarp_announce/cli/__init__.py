@@ -13,6 +13,7 @@ from rarp_announce.cli import send as _send  # noqa: F401  (registers send, snif
 from rarp_announce.cli import hook as _hook  # noqa: F401  (registers hook install|uninstall|status|wait)
 from rarp_announce.cli import resolve as _resolve  # noqa: F401  (registers targets, domain)
 from rarp_announce.cli import daemon as _daemon  # noqa: F401  (registers daemon, status)
+from rarp_announce.cli import lab as _lab  # noqa: F401  (registers lab up|migrate|down|demo)
 from rarp_announce.errors import AnnounceError
 
 __all__ = ["app", "main"]

@@ -7,11 +7,18 @@ imported inside the commands that need them, so --help and the hook's helpers st
 from __future__ import annotations
 
 import sys
-from typing import Annotated, NoReturn, Optional
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
 
 from rarp_announce.errors import AnnounceError
+
+if TYPE_CHECKING:
+    from rarp_announce.announcer import FrameEvent, Target
+    from rarp_announce.schedule import Schedule
+    from rarp_announce.transport import Sink
+
 
 class _App(typer.Typer):
     """A typer app whose usage errors are one line on stderr, like every other error of this tool.
@@ -88,7 +95,7 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print what would be 
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line instead of text.")]
 
 
-def schedule_from_options(base=None, **given):
+def schedule_from_options(base: Schedule | None = None, **given: int | float | None) -> Schedule:
     """A Schedule from the defaults (or `base`), overridden by the options actually given."""
     import dataclasses
 
@@ -99,7 +106,7 @@ def schedule_from_options(base=None, **given):
     return dataclasses.replace(base, **overrides)
 
 
-def make_sink(pcap: str | None, dry_run: bool):
+def make_sink(pcap: str | None, dry_run: bool) -> Sink:
     from rarp_announce import transport
 
     if pcap and dry_run:
@@ -113,41 +120,46 @@ def make_sink(pcap: str | None, dry_run: bool):
     return transport.RawSocketSink()
 
 
-def run_announcement(targets, schedule, sink, *, as_json: bool, trigger: str = "cli", domain: str | None = None) -> int:
+def run_announcement(
+    targets: Sequence[Target],
+    schedule: Schedule,
+    sink: Sink,
+    *,
+    as_json: bool,
+    trigger: str = "cli",
+    domain: str | None = None,
+) -> int:
     """Announce `targets` on one schedule, reporting every frame; returns the exit code."""
     import asyncio
 
     from rarp_announce.announcer import Announcer
+    from rarp_announce.errors import DeviceError
     from rarp_announce.report import frame_reporter
-
-    from rarp_announce.transport import DryRunSink, PcapSink
+    from rarp_announce.transport import DryRunSink, PcapSink, emit_line
 
     failures: list[str] = []
+    sent = 0
 
-    def note_failure(event) -> None:
+    def tally(event: FrameEvent) -> None:
+        nonlocal sent
         if event.error:
             failures.append(f"device {event.target.device!r}: {event.error}")
+        else:
+            sent += 1
 
-    observers = [frame_reporter(as_json, quiet=True) if as_json else (lambda event: None), note_failure]
+    observers = [tally]
+    if as_json:
+        observers.append(frame_reporter(True))
 
     async def _run() -> None:
         announcer = Announcer(sink, observers=observers)
         problems = announcer.prepare(targets)
         if problems:
             device, reason = next(iter(problems.items()))
-            from rarp_announce.errors import DeviceError
-
             raise DeviceError(device, reason)
         announcer.announce(targets, schedule, trigger=trigger, domain=domain)
         await announcer.drain()
 
-    sent = 0
-
-    def count(event) -> None:
-        nonlocal sent
-        sent += event.error is None
-
-    observers.append(count)
     try:
         asyncio.run(_run())
     except KeyboardInterrupt:
@@ -157,10 +169,8 @@ def run_announcement(targets, schedule, sink, *, as_json: bool, trigger: str = "
     if not as_json and not isinstance(sink, DryRunSink):
         devices = sorted({t.device for t in targets})
         where = f"to {sink.path}" if isinstance(sink, PcapSink) else "on " + ", ".join(devices)
-        typer.echo(f"announced {len({t.mac for t in targets})} MAC(s) {where}: {sent} frame(s) over {schedule.duration:.3f} s")
+        emit_line(sys.stdout, f"announced {len({t.mac for t in targets})} MAC(s) {where}: {sent} frame(s) over {schedule.duration:.3f} s")
     if failures:
         typer.echo(f"rarp-announce: error: {failures[0]} ({len(failures)} frame(s) failed)", err=True)
         return 1
     return 0
-
-

@@ -153,14 +153,16 @@ def wait(
     """
     import logging
     import os
+    import time
 
     from rarp_announce import waiter
     from rarp_announce.config import libvirt_uri, load_config
 
+    # stderr is the hook's log file: lines shaped like the hook's own, in UTC.
+    formatter = logging.Formatter(f"%(asctime)s rarp-announce waiter[{os.getpid()}]: %(message)s", "%Y-%m-%dT%H:%M:%SZ")
+    formatter.converter = time.gmtime
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter(
-        f"%(asctime)s rarp-announce waiter[{os.getpid()}]: %(message)s", "%Y-%m-%dT%H:%M:%SZ"))
-    handler.formatter.converter = __import__("time").gmtime  # type: ignore[union-attr]
+    handler.setFormatter(formatter)
     log = logging.getLogger("rarp_announce.waiter")
     log.addHandler(handler)
     log.setLevel(logging.INFO)

@@ -44,7 +44,7 @@ ConfigOpt = Annotated[
 @app.command()
 def targets(
     xml: Annotated[Optional[str], typer.Option("--xml", help="Domain XML file to resolve, or - for stdin.", metavar="FILE")] = None,
-    domain: Annotated[Optional[str], typer.Option("--domain", "-d", help="Running domain (name, UUID or id) whose live XML to resolve.")] = None,
+    domain: Annotated[Optional[str], typer.Option("--domain", "-d", help="Running domain (name, UUID or id) whose live XML to resolve.", metavar="NAME")] = None,
     connect: ConnectOpt = None,
     config_path: ConfigOpt = None,
     json_: Annotated[bool, typer.Option("--json", help='Print {"targets": [...], "skipped": [...]} instead of a table.')] = False,
@@ -85,7 +85,7 @@ def targets(
 
 @app.command("domain")
 def domain_command(
-    name: Annotated[str, typer.Argument(help="Running domain: name, UUID or id.", show_default=False)],
+    name: Annotated[str, typer.Argument(help="Running domain: name, UUID or id.", show_default=False, metavar="NAME")],
     connect: ConnectOpt = None,
     config_path: ConfigOpt = None,
     initial: InitialOpt = None,

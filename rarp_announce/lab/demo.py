@@ -39,8 +39,8 @@ def _migration_story(m: Migration, lab: Lab, write: Write) -> None:
     for line in _fdb_lines(m.fdb_before, lab):
         write(line)
     write(f"    live migration took {m.duration:.2f} s; the guest RESUMED on host {m.destination}")
-    drops = lab.topology.nft_drops(m.destination)
-    write(f"    QEMU's own RARPs on host {m.destination}: dropped before the switch ({drops} so far on br0)")
+    write(f"    QEMU sent its own {m.qemu_frames} RARPs into host {m.destination}'s bridges: all dropped there "
+          "(nft on br0, an OpenFlow rule on ovsbr0)")
     if not m.frames:
         write("    our frames at the switch: NONE (the announcer did not send)")
     else:
@@ -63,7 +63,7 @@ def _migration_story(m: Migration, lab: Lab, write: Write) -> None:
     write(f"    => every MAC {verdict}" if verdict.startswith("MOVED") else f"    => {verdict}: {m.moved}")
     if m.lag_resumed_ms is not None:
         qemu = f", {m.lag_qemu_ms:+.1f} ms vs QEMU's own first RARP" if m.lag_qemu_ms is not None else ""
-        write(f"    our first frame: {m.lag_resumed_ms:+.1f} ms after the RESUMED event{qemu}")
+        write(f"    our first frame: {m.lag_resumed_ms:+.1f} ms vs the RESUMED event as the lab's libvirt client saw it{qemu}")
 
 
 def run_demo(migrations: int = 3, mode: str = "daemon", *, write: Write | None = None, kvm: bool | None = None) -> int:
@@ -79,34 +79,35 @@ def run_demo(migrations: int = 3, mode: str = "daemon", *, write: Write | None =
     def step(number: int, text: str) -> None:
         write(f"[{number}/{steps}] {text}  (t={time.monotonic() - started:4.1f} s)")
 
-    lab = Lab(mode, kvm=kvm, narrate=lambda text: write(f"      {text}"))
+    who = {"daemon": "our daemon (rarp-announce daemon) on each host, watching its libvirtd",
+           "hook": "only our libvirt hook on each host (a standalone waiter per migration, no daemon)",
+           "cli": "the lab itself, running `rarp-announce domain` at the resume",
+           "none": "nobody (control run: the MACs must NOT move)"}[mode]
+    headings = {
+        "network": (1, "Building the network: a VLAN-aware switch and two hypervisor hosts (network namespaces)"),
+        "libvirtd": (2, "Starting a real libvirtd on each host (the first start probes QEMU: ~8 s)"),
+        "announcer": (3, f"The announcer: {who}"),
+        "guest": (4, "Starting the guest on host a"),
+    }
+    lab = Lab(mode, kvm=kvm, narrate=lambda text: write(f"      {text}"), phase=lambda name: step(*headings[name]))
     failures = 0
     try:
-        step(1, "Building the network: a VLAN-aware switch and two hypervisor hosts (network namespaces)")
-        step(2, "Starting a real libvirtd on each host (first start probes QEMU: ~8 s)")
-        who = {"daemon": "our daemon (rarp-announce daemon) on each host",
-               "hook": "only our libvirt hook on each host (standalone waiter, no daemon)",
-               "cli": "the lab itself, running `rarp-announce domain` at the resume",
-               "none": "nobody (control run: the MACs must NOT move)"}[mode]
-        step(3, f"The announcer: {who}")
         lab.up()
-        step(4, f"Guest {lab.guest.name} is running on host a")
         step(5, f"Live-migrating it {migrations} times between the hosts")
         for number in range(1, migrations + 1):
-            src = lab.location
-            dst = "b" if src == "a" else "a"
             write("")
-            write(f"  Migration {number}/{migrations}: host {src} -> host {dst}   " + _bar(number - 1, migrations))
+            write(f"  Migration {number}/{migrations}  " + _bar(number - 1, migrations))
             m = lab.migrate()
             _migration_story(m, lab, write)
             failures += not m.ok
         write("")
+        write("  " + _bar(migrations, migrations))
         _summary(lab, write)
     except KeyboardInterrupt:
         write("interrupted: cleaning up")
         failures += 1
     finally:
-        write(f"Cleaning up: guest, libvirtds, OVS, namespaces, workdir ...")
+        write("Cleaning up: guest, libvirtds, OVS, namespaces, workdir ...")
         lab.close()
         write(f"done in {time.monotonic() - started:.1f} s; nothing left behind.")
     return 1 if failures else 0

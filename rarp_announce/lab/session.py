@@ -53,6 +53,7 @@ class Migration:
     duration: float = 0.0
     resumed: float | None = None
     qemu_first: float | None = None
+    qemu_frames: int = 0  # QEMU's own RARPs seen on the destination's taps (then dropped)
     frames: list = field(default_factory=list)  # Seen at the switch, from the destination
     stray: list = field(default_factory=list)  # Seen at the switch from the source: must stay empty
     moved: dict[str, str | None] = field(default_factory=dict)  # mac -> switch port afterwards
@@ -101,11 +102,12 @@ class Lab:
     """The two-host lab. `up()`, then `migrate()` as often as wanted, then `close()`."""
 
     def __init__(self, mode: str = "daemon", *, kvm: bool | None = None, narrate: Narrate | None = None,
-                 keep_workdir: bool = False) -> None:
+                 phase: Narrate | None = None, keep_workdir: bool = False) -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
         self.mode = mode
         self.narrate = narrate or (lambda text: None)
+        self.phase = phase or (lambda name: None)  # "network", "libvirtd", "announcer", "guest"
         self.keep_workdir = keep_workdir
         self.guest: Guest = make_guest(kvm=kvm)
         self.workdir: Path | None = None
@@ -119,6 +121,7 @@ class Lab:
         self.helpers: list[Proc] = []
         self.location: str | None = None
         self.migrations: list[Migration] = []
+        self.made: dict[str, list] = {"netns": [], "pids": [], "paths": []}
         self._numbered = 0  # migrations done by earlier processes (`lab migrate` after `lab up`)
 
     # -- building -----------------------------------------------------------------------
@@ -132,6 +135,7 @@ class Lab:
         return self
 
     def _up(self) -> None:
+        self.phase("network")
         self.workdir = make_workdir()
         self.narrate(f"workdir {self.workdir}")
         self.topology = LabTopology(self.workdir)
@@ -145,6 +149,7 @@ class Lab:
         if self.mode == "hook":
             for host in HOSTS:
                 self._install_hook(host)
+        self.phase("libvirtd")
         for daemon in self.libvirtd.values():
             daemon.spawn()
         for host, daemon in self.libvirtd.items():
@@ -156,9 +161,11 @@ class Lab:
         self.switch_sniffer = Sniffer(self.topology.switch_ns)
         for host in HOSTS:
             self.host_sniffers[host] = Sniffer(self.topology.hosts[host].netns, prefix="vnet")
+        self.phase("announcer")
         if self.mode == "daemon":
             for host in HOSTS:
                 self.start_daemon(host)
+        self.phase("guest")
         self.conns["a"].createXML(self.guest.xml(), 0)
         self.location = "a"
         kind = "KVM" if self.guest.kvm else "TCG (no usable /dev/kvm)"
@@ -209,6 +216,27 @@ class Lab:
         process = self.daemons.pop(host, None)
         if process is not None:
             process.stop()
+
+    def daemon_status(self, host: str, timeout: float = 5.0) -> dict | None:
+        """The daemon's `status` over its control socket (contract 3), or None if it does not answer."""
+        import socket
+
+        sock_path, _state = self.daemon_paths(host)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect(str(sock_path))
+                sock.sendall(b'{"op": "status"}\n')
+                data = b""
+                while not data.endswith(b"\n"):
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+            answer = json.loads(data)
+        except (OSError, ValueError):
+            return None
+        return answer.get("status") if answer.get("ok") else None
 
     def restart_libvirtd(self, host: str) -> None:
         """Kill `host`'s libvirtd (its guest keeps running) and start it again."""
@@ -286,7 +314,9 @@ class Lab:
             elif seen.device in source_ports:
                 record.stray.append(seen)
         qemu = self.host_sniffers[record.destination].since(record.started)
-        record.qemu_first = min((s.time for s in qemu if s.mac in vlans), default=None)
+        mine = [s for s in qemu if s.mac in vlans]
+        record.qemu_first = min((s.time for s in mine), default=None)
+        record.qemu_frames = len(mine)
 
     def _guest_fdb(self) -> list[tuple[str, int, str]]:
         macs = set(self.guest.macs)
@@ -348,8 +378,25 @@ class Lab:
 
     # -- tearing down -------------------------------------------------------------------
 
+    def footprint(self) -> dict[str, list]:
+        """Everything this lab made that must be gone after `close()`: netns, pids, workdir."""
+        pids: list[int] = []
+        for daemon in self.libvirtd.values():
+            pids += [daemon.pid] if daemon.pid else []
+            pids += daemon.qemu_pids()
+        pids += [p.pid for p in [*self.daemons.values(), *self.helpers]]
+        namespaces: list[str] = []
+        if self.topology is not None:
+            namespaces = list(self.topology._made_ns)
+            for net in self.topology.hosts.values():
+                pids += net.ovs.pids()
+            pids += self.topology.switch.pids()
+        return {"netns": namespaces, "pids": pids, "paths": [str(self.workdir)] if self.workdir else []}
+
     def close(self) -> None:
         """Stop and remove everything this lab made; safe to call twice and after failures."""
+        if self.topology is not None:
+            self.made = self.footprint()
         if self.workdir is not None and (self.conns or self.libvirtd) and not self.conns:
             self._reconnect_quietly()
         for process in [*self.daemons.values(), *self.helpers]:
@@ -425,6 +472,21 @@ class Lab:
         self.close()
 
 
+def leftovers(made: dict[str, list]) -> list[str]:
+    """What of a closed lab's footprint still exists (must be nothing)."""
+    from rarp_announce.lab.procs import alive
+
+    found = []
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    found += [f"netns {name}" for name in made["netns"] if name in listed]
+    found += [f"process {pid}" for pid in made["pids"] if alive(pid)]
+    found += [f"path {path}" for path in made["paths"] if os.path.exists(path)]
+    with open("/proc/self/mountinfo") as mounts:
+        text = mounts.read()
+    found += [f"mount under {path}" for path in made["paths"] if path in text]
+    return found
+
+
 def summary(migrations: list[Migration]) -> dict[str, float | None]:
     """Median and max of the lags and schedule offsets over `migrations`."""
     def stats(values: list[float]) -> tuple[float | None, float | None]:
@@ -456,8 +518,18 @@ def _kill_pid(pid: int) -> None:
 
 
 def interrupt_as_exception() -> None:
-    """SIGTERM/SIGHUP raise KeyboardInterrupt, so `finally:` clean-ups run on them too."""
+    """SIGTERM/SIGHUP raise KeyboardInterrupt, so `finally:` clean-ups run on them too.
+
+    Only in this process: pyroute2 forks helpers (netns set-up) that inherit the handler and
+    are ended with SIGTERM; there the signal must simply end the child, not unwind our stack.
+    """
+    owner = os.getpid()
+
     def handler(signum, _frame) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         raise KeyboardInterrupt(f"signal {signum}")
 
     for sig in (signal.SIGTERM, signal.SIGHUP):

@@ -14,6 +14,7 @@ workdir; `close()` removes it all.
 
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 import socket
@@ -27,6 +28,7 @@ from rarp_announce.lab.netns import inside, unique
 from rarp_announce.lab.ovs import PrivateOVS
 
 HOSTS = ("a", "b")
+_SERIAL = itertools.count(1)
 MIGRATION_ADDRESS = {"a": "10.77.0.1", "b": "10.77.0.2"}
 SWITCH_BRIDGE = "sw"
 # Stable OpenFlow numbers on the switch, so fdb/show and flows read the same every run.
@@ -80,6 +82,7 @@ class LabTopology:
 
     def __post_init__(self) -> None:
         self.workdir = Path(self.workdir)
+        self._serial = next(_SERIAL)
         try:
             self._build()
         except BaseException:
@@ -104,7 +107,8 @@ class LabTopology:
         return topo
 
     def _netns(self, suffix: str) -> str:
-        name = unique(f"lab{suffix}")
+        # A counter keeps two labs of one process (a test module's and a test's) apart.
+        name = unique(f"lab{self._serial}{suffix}")
         netns.create(name)
         self._made_ns.append(name)
         return name

@@ -1,0 +1,227 @@
+"""The real two-host lab: libvirtd + QEMU live migrations, an OVS switch, our daemon and hook.
+
+QEMU's own RARPs are dropped on every host, so a MAC that moves on the switch was moved by our
+frames. Each announced arrival must bring exactly one schedule (5 frames per MAC): more would
+mean an arrival announced twice, fewer a lost one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT, require
+
+pytestmark = pytest.mark.lab
+
+ROUNDS = 5  # QEMU's default schedule, which the daemon and hook use unless configured
+
+
+def _prerequisites() -> None:
+    require(os.geteuid() == 0, "the lab needs root")
+    for tool in ("libvirtd", "virsh", "qemu-system-x86_64", "ovs-vswitchd", "ovsdb-server", "nft", "unshare"):
+        require(shutil.which(tool) is not None, f"the lab needs {tool}")
+    require(subprocess.run(["id", "libvirt-qemu"], capture_output=True).returncode == 0,
+            "libvirtd needs the user libvirt-qemu (make setup creates it)")
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        require(False, "the lab needs libvirt-python")
+
+
+def _open_lab(mode: str):
+    from rarp_announce.lab.session import Lab
+
+    _prerequisites()
+    return Lab(mode).up()
+
+
+def _close_and_check(lab) -> None:
+    from rarp_announce.lab.session import leftovers
+
+    lab.close()
+    assert leftovers(lab.made) == []
+
+
+def _wait(condition, timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
+
+
+def _frames_per_mac(lab, since: float, until: float | None = None) -> dict[str, int]:
+    counts = {mac: 0 for mac in lab.guest.macs}
+    for seen in lab.switch_sniffer.since(since, until):
+        if seen.mac in counts:
+            counts[seen.mac] += 1
+    return counts
+
+
+def _assert_announced(lab, record) -> None:
+    """The switch moved every MAC to the destination's port, from exactly one schedule of ours."""
+    assert record.resumed is not None, "no RESUMED event from the destination"
+    assert record.moved == record.expected, f"migration {record.number}: FDB {record.moved}"
+    assert record.bad_frames == []
+    assert record.stray == [], "frames came up from the source host"
+    counts = {mac: len(times) for mac, times in record.per_mac().items()}
+    assert counts == {mac: ROUNDS for mac in lab.guest.macs}
+    # Every frame came up the destination port matching its vNIC, in its VLAN.
+    by_mac = {nic.mac: nic for nic in lab.guest.nics}
+    for seen in record.frames:
+        nic = by_mac[seen.mac]
+        assert seen.device == record.expected[seen.mac]
+        assert seen.vlan == nic.switch_vlan
+
+
+@pytest.fixture(scope="module")
+def daemon_lab():
+    lab = _open_lab("daemon")
+    try:
+        yield lab
+    finally:
+        _close_and_check(lab)
+
+
+def test_daemon_four_migrations_both_directions(daemon_lab):
+    lab = daemon_lab
+    directions = []
+    for _ in range(4):
+        record = lab.migrate()
+        directions.append((record.source, record.destination))
+        _assert_announced(lab, record)
+        # Our first frame left after the guest resumed there (never during the prepare phase).
+        assert record.first >= record.resumed - 0.005
+    assert directions == [("a", "b"), ("b", "a"), ("a", "b"), ("b", "a")]
+
+
+def test_daemon_reconnects_after_destination_libvirtd_restart(daemon_lab):
+    lab = daemon_lab
+    destination = "b" if lab.location == "a" else "a"
+    before = lab.daemon_status(destination)
+    assert before is not None and before["connection"]["state"] == "connected"
+    lab.restart_libvirtd(destination)
+
+    def reconnected() -> bool:
+        status = lab.daemon_status(destination)
+        return bool(status) and status["connection"]["state"] == "connected" and (
+            status["connection"]["reconnects"] > before["connection"]["reconnects"])
+
+    assert _wait(reconnected, 60), f"daemon on {destination} did not reconnect: {lab.daemon_status(destination)}"
+    record = lab.migrate()
+    assert record.destination == destination
+    _assert_announced(lab, record)
+
+
+def test_daemon_catches_up_an_arrival_missed_while_stopped_and_never_twice(daemon_lab):
+    lab = daemon_lab
+    destination = "b" if lab.location == "a" else "a"
+    lab.stop_daemon(destination)
+    record = lab.migrate()
+    # Nobody announced: QEMU's own frames were dropped, so the switch still points at the source.
+    assert record.frames == []
+    source_ports = lab.topology.hosts[record.source].switch_ports
+    assert record.moved == {nic.mac: source_ports[nic.bridge] for nic in lab.guest.nics}
+
+    back = time.time()
+    lab.start_daemon(destination)
+    expected = {nic.mac: (nic.switch_vlan, record.expected[nic.mac]) for nic in lab.guest.nics}
+    assert _wait(lambda: all(lab.topology.where(mac, vlan) == port for mac, (vlan, port) in expected.items()), 30), \
+        f"the missed arrival was not announced after the daemon came back: {lab.topology.fdb()}"
+    time.sleep(1.5)  # the rest of the schedule
+    assert _frames_per_mac(lab, back) == {mac: ROUNDS for mac in lab.guest.macs}
+
+    # A second restart must not announce the same arrival again (the daemon keeps a ledger).
+    lab.stop_daemon(destination)
+    again = time.time()
+    lab.start_daemon(destination)
+    time.sleep(3.0)
+    assert _frames_per_mac(lab, again) == {mac: 0 for mac in lab.guest.macs}
+
+
+def test_daemon_every_arrival_announced_exactly_once(daemon_lab):
+    lab = daemon_lab
+    arrivals = len(lab.migrations)
+    total = _frames_per_mac(lab, 0)
+    assert arrivals >= 6
+    assert total == {mac: ROUNDS * arrivals for mac in lab.guest.macs}
+
+
+def test_hook_only_two_migrations():
+    lab = _open_lab("hook")
+    try:
+        for expected in (("a", "b"), ("b", "a")):
+            record = lab.migrate(settle=2.0)
+            assert (record.source, record.destination) == expected
+            _assert_announced(lab, record)
+        log = (lab.topology.hosts["a"].workdir / "hook.log").read_text()
+        assert "standalone waiter" in log
+    finally:
+        _close_and_check(lab)
+
+
+def test_without_announcer_qemus_dropped_frames_move_nothing():
+    """The control: with nobody announcing, the switch keeps the MACs on the source port."""
+    lab = _open_lab("none")
+    try:
+        record = lab.migrate()
+        assert record.resumed is not None
+        assert record.frames == []
+        assert record.qemu_first is not None, "QEMU announced nothing on the destination's taps"
+        assert lab.topology.nft_drops(record.destination) >= ROUNDS
+        assert record.moved == {nic.mac: lab.topology.hosts["a"].switch_ports[nic.bridge] for nic in lab.guest.nics}
+    finally:
+        _close_and_check(lab)
+
+
+def test_demo_interrupted_leaves_nothing_behind():
+    _prerequisites()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    demo = subprocess.Popen([sys.executable, "-m", "rarp_announce", "lab", "demo", "--migrations", "3"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    output = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = demo.stdout.readline()
+            if not line:
+                break
+            output.append(line)
+            if "Migration 1/3" in line:
+                break
+        assert any("Migration 1/3" in line for line in output), "".join(output)
+        demo.send_signal(signal.SIGTERM)
+        rest, _ = demo.communicate(timeout=90)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+    text = "".join(output) + rest
+    assert "nothing left behind" in text, text
+    assert demo.returncode != 0
+    tag = f"rat{demo.pid % 100000}lab"
+    assert not [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+                if n.startswith(tag)]
+    pids = [int(p) for p in re.findall(r"(?:libvirtd|daemon) (\d+)", text)]
+    assert pids
+    from rarp_announce.lab.procs import alive
+
+    assert [p for p in pids if alive(p)] == []
+    guest = f"guest=rarp-lab-{demo.pid}"
+    for proc in os.listdir("/proc"):
+        if proc.isdigit():
+            try:
+                with open(f"/proc/{proc}/cmdline", "rb") as cmdline:
+                    assert guest.encode() not in cmdline.read()
+            except OSError:
+                pass
+    assert not [p for p in os.listdir("/tmp") if p.startswith(f"rarp-lab-{demo.pid}-")]
