@@ -36,7 +36,7 @@ bench: setup
 	$(PY) -m benchmarks $(BENCH)
 
 demo: setup
-	$(VENV)/bin/rarp-announce send 52:54:00:12:34:56 52:54:00:ab:cd:ef --iface lo --vlan 100 --dry-run
+	$(VENV)/bin/rarp-announce lab demo --migrations 3
 
 clean:
 	rm -rf .pytest_cache build *.egg-info benchmarks/results

@@ -1,8 +1,9 @@
 """The lab benchmark: real live migrations, our first frame vs the RESUMED event and vs QEMU's own.
 
-Per migration: lag of our first frame (as the switch received it) behind the destination's
-RESUMED event (as a libvirt client in the lab saw it) and behind QEMU's own first RARP (captured
-on the destination's taps, before the drop), and the offsets of every frame of ours against
+Per migration: lag of our first frame behind QEMU's own first RARP (both captured in the
+destination's netns: QEMU's arriving from its tap before the drop, ours leaving on the bridge;
+and ours again as the switch port received it), behind the destination's RESUMED event (as a
+libvirt client in the lab saw it), and the offsets of every frame of ours against
 QEMU's nominal 0/50/200/450/800 ms. Median and max over `migrations` (env RARP_BENCH_LAB_MIGRATIONS,
 default 10), for the daemon and, with fewer migrations, the hook-only mode.
 Target: our first frame within 5 ms of QEMU's own first frame, median.
@@ -36,7 +37,8 @@ def _measure(mode: str, migrations: int) -> list[dict]:
         records = [lab.migrate() for _ in range(migrations)]
     ok = sum(r.ok for r in records)
     resumed = [r.lag_resumed_ms for r in records if r.lag_resumed_ms is not None]
-    qemu = [r.lag_qemu_ms for r in records if r.lag_qemu_ms is not None]
+    qemu = [r.lag_qemu_host_ms for r in records if r.lag_qemu_host_ms is not None]
+    qemu_switch = [r.lag_qemu_ms for r in records if r.lag_qemu_ms is not None]
     offsets = [abs(o) for r in records for o in r.offsets_ms()]
     durations = [r.duration * 1000 for r in records]
     note = f"{ok}/{len(records)} migrations moved every MAC from our frames alone"
@@ -54,7 +56,9 @@ def _measure(mode: str, migrations: int) -> list[dict]:
     median_qemu = statistics.median(qemu) if qemu else None
     verdict = "n/a" if median_qemu is None else ("met" if median_qemu <= TARGET_QEMU_LAG_MS else "MISSED")
     add(f"{prefix}: first frame after QEMU's own first", qemu, "ms",
-        f"target median <= {TARGET_QEMU_LAG_MS:.0f} ms: {verdict}", target=TARGET_QEMU_LAG_MS, met=verdict == "met")
+        f"both on the destination host; target median <= {TARGET_QEMU_LAG_MS:.0f} ms: {verdict}",
+        target=TARGET_QEMU_LAG_MS, met=verdict == "met")
+    add(f"{prefix}: same, ours at the switch port", qemu_switch, "ms", "includes the hop bridge -> switch")
     add(f"{prefix}: first frame after RESUMED event", resumed, "ms", "event as a lab libvirt client saw it")
     add(f"{prefix}: |offset| vs QEMU schedule", offsets, "ms", "each frame vs 0/50/200/450/800 ms from its MAC's first")
     add(f"{prefix}: migration duration", durations, "ms", note)

@@ -432,3 +432,11 @@ def test_the_real_daemon_takes_the_hand_off(short_dir: Path) -> None:
         except subprocess.TimeoutExpired:
             daemon.kill()
             daemon.wait()
+
+
+def test_a_closed_stdin_is_logged_and_harmless(hook: Hook, stand_in: StandIn) -> None:
+    started = time.monotonic()
+    done = subprocess.run(["sh", "-c", f'exec "{hook.path}" guest1 migrate begin - <&-'], capture_output=True, env=LIBVIRT_ENV, timeout=10)
+    assert_libvirt_safe(done, time.monotonic() - started)
+    assert "cannot read the domain XML on stdin" in hook.log_text()
+    assert stand_in.requests == []

@@ -10,8 +10,6 @@ import typer
 from rarp_announce.cli._common import app, fail
 from rarp_announce.errors import AnnounceError
 
-_DEFAULT_SOCKET = "/run/rarp-announce/control.sock"
-
 
 @app.command()
 def daemon(
@@ -67,7 +65,8 @@ def daemon(
 
 @app.command()
 def status(
-    control_socket: Annotated[str, typer.Option("--control-socket", help="The daemon's control socket.", metavar="PATH")] = _DEFAULT_SOCKET,
+    control_socket: Annotated[Optional[str], typer.Option("--control-socket", help="The daemon's control socket (default: [daemon] control_socket of the config, /run/rarp-announce/control.sock).", metavar="PATH")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", help="Config file whose [daemon] control_socket to use.", metavar="FILE")] = None,
     json_: Annotated[bool, typer.Option("--json", help="The daemon's whole status as one JSON object.")] = False,
     timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait for the answer.", min=0.01)] = 5.0,
 ) -> None:
@@ -78,6 +77,10 @@ def status(
     from rarp_announce.daemon.control import request
 
     try:
+        if control_socket is None:
+            from rarp_announce.config import load_config
+
+            control_socket = load_config(config).daemon.control_socket
         answer = request(control_socket, {"op": "status"}, timeout=timeout)
     except AnnounceError as error:
         fail(error)

@@ -52,9 +52,10 @@ class ControlServer:
         os.chmod(self.path, 0o600)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
+        if self._server is None:
+            return  # never listened: the path may belong to another daemon
+        self._server.close()
+        self._server = None
         for task in list(self._clients):
             task.cancel()
         with contextlib.suppress(FileNotFoundError):

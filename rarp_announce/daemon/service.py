@@ -27,12 +27,11 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from rarp_announce import arrivals
-from rarp_announce.announcer import Announcer, FrameEvent, Target
+from rarp_announce.announcer import Announcer, Target
 from rarp_announce.arrivals import Step
 from rarp_announce.config import Config, load_config
 from rarp_announce.daemon.control import ControlServer
@@ -40,11 +39,10 @@ from rarp_announce.daemon.ledger import QEMU_PID_DIR, Ledger, arrival_identity
 from rarp_announce.daemon.logs import LOGGER, log_announcement, log_event
 from rarp_announce.daemon.metrics import Metrics
 from rarp_announce.daemon.watch import Watcher, register_event_loop
-from rarp_announce.errors import AnnounceError, InputError
+from rarp_announce.errors import InputError
 from rarp_announce.transport import RawSocketSink, Sink, device_state
 
 Key = tuple[str, str, "int | None"]
-_MAX_HANDOFF_XML = 4 * 1024 * 1024
 
 
 @dataclass(eq=False)
@@ -116,7 +114,8 @@ class Daemon:
     async def start(self) -> None:
         """Listen, connect (or start waiting for libvirtd); returns after the first connection attempt."""
         self._loop = asyncio.get_running_loop()
-        self._stopped = asyncio.Event()
+        if self._stopped is None:
+            self._stopped = asyncio.Event()
         self.ledger = Ledger(self.state_dir)
         register_event_loop(self._loop)  # before any connection, or events are lost
         self.control = ControlServer(self.control_socket, self.handle_request)
@@ -145,11 +144,16 @@ class Daemon:
 
     async def run(self, *, notify: bool = True) -> None:
         """Start, tell systemd we are ready, serve until SIGTERM/SIGINT; SIGHUP reloads the config."""
-        await self.start()
         loop = asyncio.get_running_loop()
+        self._stopped = asyncio.Event()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
         if notify:
             sd_notify("READY=1\nSTATUS=watching " + self.uri)
         try:
@@ -208,6 +212,12 @@ class Daemon:
     def on_lifecycle(self, conn: Any, dom: Any, event: int, detail: int, opaque: Any = None) -> None:
         """libvirt's lifecycle callback: decide with arrivals.classify, act without delay."""
         seen = time.monotonic()
+        try:
+            self._lifecycle(dom, event, detail, seen)
+        except Exception:  # libvirt would only print it: log it, keep serving every other domain
+            self.log.exception("handling lifecycle event %s/%s failed", event, detail)
+
+    def _lifecycle(self, dom: Any, event: int, detail: int, seen: float) -> None:
         uuid = dom.UUIDString()
         arrival = self.arrivals.get(uuid)
         step = arrivals.classify(
@@ -240,7 +250,11 @@ class Daemon:
 
     def on_device_added(self, conn: Any, dom: Any, alias: str, opaque: Any = None) -> None:
         """libvirt's DEVICE_ADDED callback: a vNIC plugged in shortly after an arrival is announced."""
-        arrival = self.arrivals.get(dom.UUIDString())
+        try:
+            arrival = self.arrivals.get(dom.UUIDString())
+        except Exception:
+            self.log.exception("handling device-added event failed")
+            return
         if arrival is None or arrival.arrived_at is None:
             return
         if time.monotonic() - arrival.arrived_at > self.config.daemon.device_added_window:
@@ -298,10 +312,9 @@ class Daemon:
         """Nothing prepared yet: wait for a prepare in flight, or resolve now (the daemon started
         mid-migration or missed the prepare phase), checking the ledger first since a previous
         daemon may have announced this very arrival."""
-        if arrival.preparing is not None:
-            if not await arrival.preparing:
-                return
-        else:
+        if arrival.preparing is not None and not arrival.preparing.done():
+            await asyncio.wait([arrival.preparing])
+        if not arrival.prepared:
             xml = self._domain_xml(dom, arrival)
             if xml is None:
                 return

@@ -33,6 +33,7 @@ class Seen:
     time: float  # kernel receive timestamp (wall clock, shared by all netns)
     device: str
     frame: bytes  # 802.1Q tag restored
+    sent: bool = False  # leaving `device` (written by a local socket), not arriving on it
 
     @property
     def mac(self) -> str:
@@ -46,10 +47,14 @@ class Seen:
 class Sniffer:
     """Every incoming RARP frame on every device of netns `ns`, from start() to stop()."""
 
-    def __init__(self, ns: str, *, devices: tuple[str, ...] | None = None, prefix: str | None = None) -> None:
+    def __init__(self, ns: str, *, devices: tuple[str, ...] | None = None, prefix: str | None = None,
+                 sent_on: tuple[str, ...] = ()) -> None:
+        """Incoming frames on `devices` (all when None) whose name starts with `prefix`; plus
+        frames leaving the devices in `sent_on` (what a local announcer wrote there)."""
         self.ns = ns
         self.devices = devices
         self.prefix = prefix
+        self.sent_on = sent_on
         self._seen: list[Seen] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -70,7 +75,8 @@ class Sniffer:
                 continue
             except OSError:
                 return
-            if address[2] == socket.PACKET_OUTGOING:
+            sent = address[2] == socket.PACKET_OUTGOING
+            if sent and address[0] not in self.sent_on:
                 continue
             stamp = time.time()
             for level, kind, payload in ancillary:
@@ -86,12 +92,12 @@ class Sniffer:
             if int.from_bytes(inner, "big") != RARP:
                 continue
             device = address[0]  # (ifname, proto, pkttype, hatype, addr)
-            if self.devices is not None and device not in self.devices:
+            if not sent and self.devices is not None and device not in self.devices:
                 continue
-            if self.prefix is not None and not device.startswith(self.prefix):
+            if not sent and self.prefix is not None and not device.startswith(self.prefix):
                 continue
             with self._lock:
-                self._seen.append(Seen(stamp, device, data))
+                self._seen.append(Seen(stamp, device, data, sent))
 
     def since(self, start: float, until: float | None = None) -> list[Seen]:
         with self._lock:

@@ -54,6 +54,7 @@ class Migration:
     resumed: float | None = None
     qemu_first: float | None = None
     qemu_frames: int = 0  # QEMU's own RARPs seen on the destination's taps (then dropped)
+    sent_first: float | None = None  # our first frame as it left on the destination's bridge
     frames: list = field(default_factory=list)  # Seen at the switch, from the destination
     stray: list = field(default_factory=list)  # Seen at the switch from the source: must stay empty
     moved: dict[str, str | None] = field(default_factory=dict)  # mac -> switch port afterwards
@@ -73,6 +74,14 @@ class Migration:
     @property
     def lag_qemu_ms(self) -> float | None:
         return None if self.first is None or self.qemu_first is None else (self.first - self.qemu_first) * 1000
+
+    @property
+    def lag_qemu_host_ms(self) -> float | None:
+        """Our first frame leaving the destination's bridge vs QEMU's entering from its tap:
+        both seen in the destination's netns, free of the hop to the switch."""
+        if self.sent_first is None or self.qemu_first is None:
+            return None
+        return (self.sent_first - self.qemu_first) * 1000
 
     def per_mac(self) -> dict[str, list[float]]:
         times: dict[str, list[float]] = {}
@@ -160,7 +169,7 @@ class Lab:
             self._connect(host)
         self.switch_sniffer = Sniffer(self.topology.switch_ns)
         for host in HOSTS:
-            self.host_sniffers[host] = Sniffer(self.topology.hosts[host].netns, prefix="vnet")
+            self.host_sniffers[host] = Sniffer(self.topology.hosts[host].netns, prefix="vnet", sent_on=("br0", "ovsbr0"))
         self.phase("announcer")
         if self.mode == "daemon":
             for host in HOSTS:
@@ -314,9 +323,10 @@ class Lab:
             elif seen.device in source_ports:
                 record.stray.append(seen)
         qemu = self.host_sniffers[record.destination].since(record.started)
-        mine = [s for s in qemu if s.mac in vlans]
-        record.qemu_first = min((s.time for s in mine), default=None)
-        record.qemu_frames = len(mine)
+        theirs = [s for s in qemu if s.mac in vlans and not s.sent]
+        record.qemu_first = min((s.time for s in theirs), default=None)
+        record.qemu_frames = len(theirs)
+        record.sent_first = min((s.time for s in qemu if s.mac in vlans and s.sent), default=None)
 
     def _guest_fdb(self) -> list[tuple[str, int, str]]:
         macs = set(self.guest.macs)
@@ -374,7 +384,7 @@ class Lab:
         if self.switch_sniffer is None:
             self.switch_sniffer = Sniffer(self.topology.switch_ns)
             for host in HOSTS:
-                self.host_sniffers[host] = Sniffer(self.topology.hosts[host].netns, prefix="vnet")
+                self.host_sniffers[host] = Sniffer(self.topology.hosts[host].netns, prefix="vnet", sent_on=("br0", "ovsbr0"))
 
     # -- tearing down -------------------------------------------------------------------
 
@@ -494,9 +504,11 @@ def summary(migrations: list[Migration]) -> dict[str, float | None]:
 
     resumed = [m.lag_resumed_ms for m in migrations if m.lag_resumed_ms is not None]
     qemu = [m.lag_qemu_ms for m in migrations if m.lag_qemu_ms is not None]
+    qemu_host = [m.lag_qemu_host_ms for m in migrations if m.lag_qemu_host_ms is not None]
     offsets = [abs(o) for m in migrations for o in m.offsets_ms()]
     out: dict[str, float | None] = {}
-    for name, values in (("lag_resumed_ms", resumed), ("lag_qemu_ms", qemu), ("offset_ms", offsets)):
+    for name, values in (("lag_resumed_ms", resumed), ("lag_qemu_ms", qemu), ("lag_qemu_host_ms", qemu_host),
+                         ("offset_ms", offsets)):
         out[f"{name}_median"], out[f"{name}_max"] = stats(values)
     return out
 

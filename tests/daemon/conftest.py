@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import require
 
 FAST = dict(initial_ms=5, max_ms=20, rounds=3, step_ms=5)  # sends at 0, 5, 15 ms
 ROUNDS = FAST["rounds"]

@@ -150,9 +150,12 @@ def test_a_second_daemon_refuses_a_socket_in_use_and_replaces_a_stale_one(lab, t
                 refused = str(exc)
             else:
                 refused = None
+            await second.stop()  # what `daemon` does after a failed start
+            still = await asyncio.to_thread(request, first.control_socket, {"op": "ping"})
         async with running(third):
-            return refused, await asyncio.to_thread(request, str(stale), {"op": "ping"})
+            return refused, still, await asyncio.to_thread(request, str(stale), {"op": "ping"})
 
-    refused, answer = lab.run(scenario)
+    refused, still, answer = lab.run(scenario)
     assert refused and "another daemon already listens" in refused
+    assert still == {"ok": True}, "the refused daemon must leave the first one's socket alone"
     assert answer == {"ok": True}
