@@ -3,7 +3,8 @@
     python -m benchmarks              # all of them
     python -m benchmarks transport    # only bench_transport
 
-A module that fails is reported in the table and the others still run. Results go to
+Each module runs in a process of its own; one that fails, crashes or hangs is reported in the
+table and the others still run. Results go to
 benchmarks/results/bench-<UTC timestamp>.json and benchmarks/results/latest.json.
 """
 
@@ -12,7 +13,9 @@ from __future__ import annotations
 import importlib
 import json
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from datetime import datetime, timezone
@@ -20,6 +23,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+TIMEOUT = 900.0  # seconds per benchmark module
+_CHILD = "--child"  # internal: run one benchmark and write its rows as JSON to a file
 
 
 def discover(patterns: list[str]) -> list[str]:
@@ -30,7 +35,30 @@ def discover(patterns: list[str]) -> list[str]:
 
 
 def run_module(topic: str) -> tuple[list[dict], str | None, float]:
+    """Run one benchmark in a process of its own; its rows, or why it failed, and its wall time.
+
+    A process each: benchmarks set process-wide state (libvirt's event loop implementation, scapy's
+    conf, signal handlers) that would change the next one's figures or break it, and a crash in one
+    must not take the table down.
+    """
     started = time.perf_counter()
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
+        # The child's own prints go to stderr: stdout is for the table.
+        try:
+            child = subprocess.run(
+                [sys.executable, "-m", "benchmarks", _CHILD, topic, out.name],
+                cwd=HERE.parent, stdout=sys.stderr, stderr=sys.stderr, timeout=TIMEOUT,
+            )
+        except subprocess.TimeoutExpired:  # run() has killed the child it started
+            return [], f"no answer within {TIMEOUT:.0f} s", time.perf_counter() - started
+        answer = json.loads(out.read() or "{}")
+    seconds = time.perf_counter() - started
+    if child.returncode != 0 and not answer.get("error"):
+        return [], f"exited with code {child.returncode}", seconds
+    return answer.get("rows", []), answer.get("error"), seconds
+
+
+def _child(topic: str, path: str) -> int:
     try:
         module = importlib.import_module(f"benchmarks.bench_{topic}")
         rows = [dict(row) for row in module.run()]
@@ -38,10 +66,14 @@ def run_module(topic: str) -> tuple[list[dict], str | None, float]:
             missing = {"name", "value", "unit", "note"} - row.keys()
             if missing:
                 raise ValueError(f"row {row.get('name', '?')!r} lacks {sorted(missing)}")
-        return rows, None, time.perf_counter() - started
-    except Exception as exc:  # one broken benchmark must not hide the others' figures
+        answer: dict = {"rows": rows, "error": None}
+    except Exception as exc:  # reported in the table; the other benchmarks still run
+        traceback.print_exc()
         detail = "".join(traceback.format_exception_only(type(exc), exc)).strip().splitlines()[-1]
-        return [], detail, time.perf_counter() - started
+        answer = {"rows": [], "error": detail}
+    with open(path, "w") as out:
+        json.dump(answer, out, default=str)
+    return 0
 
 
 def _value(value: object) -> str:
@@ -74,6 +106,8 @@ def table(results: list[dict]) -> str:
 
 
 def main(argv: list[str]) -> int:
+    if argv[:1] == [_CHILD]:
+        return _child(argv[1], argv[2])
     if any(arg in ("-h", "--help") for arg in argv):
         print(__doc__.strip())
         return 0

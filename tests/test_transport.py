@@ -227,3 +227,20 @@ def test_dry_run_sink_prints_and_sends_nothing() -> None:
     assert first.groups() == ("0.000", "nosuch0", "-", "52:54:00:12:34:56", "60")
     assert second.group(2, 3, 4, 5) == ("br-ex", "42", "52:54:00:00:00:ff", "64")
     assert 0.015 <= float(second.group(1)) < 1.0
+
+
+def test_emit_line_survives_a_reader_that_went_away() -> None:
+    from rarp_announce.transport import emit_line
+
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "w")
+    try:
+        assert emit_line(stream, "first") is True
+        assert os.read(read_end, 100) == b"first\n"
+        os.close(read_end)  # like `| head -1` exiting
+        assert emit_line(stream, "second") is False
+        # the descriptor now points at /dev/null: later writes and the final flush succeed
+        assert emit_line(stream, "third") is True
+        assert os.readlink(f"/proc/self/fd/{stream.fileno()}") == "/dev/null"
+    finally:
+        stream.close()

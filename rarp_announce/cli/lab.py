@@ -27,7 +27,7 @@ lab_app = typer.Typer(
 )
 app.add_typer(lab_app, name="lab")
 
-ModeOpt = Annotated[str, typer.Option("--mode", help="Who announces: daemon (rarp-announce daemon per host), hook (only the libvirt hook), cli (the lab runs `rarp-announce domain`), none (control: nothing moves).")]
+ModeOpt = Annotated[str, typer.Option("--mode", help="Who announces: daemon (rarp-announce daemon per host), hook (only the libvirt hook), both (daemon + hook hand-off), cli (the lab runs `rarp-announce domain`), none (control: nothing moves).")]
 TcgOpt = Annotated[bool, typer.Option("--tcg", help="Use TCG even when /dev/kvm works.")]
 
 
@@ -53,8 +53,9 @@ def up(mode: ModeOpt = "daemon", tcg: TcgOpt = False) -> None:
 
     Example: rarp-announce lab up --mode daemon && rarp-announce lab migrate
     """
-    from rarp_announce.lab.session import STATE_FILE, Lab
+    from rarp_announce.lab.session import STATE_FILE, Lab, interrupt_as_exception
 
+    interrupt_as_exception()
     try:
         _check_mode(mode)
         _check_root()
@@ -67,6 +68,9 @@ def up(mode: ModeOpt = "daemon", tcg: TcgOpt = False) -> None:
         fail(error)
     except (OSError, RuntimeError) as error:
         fail(AnnounceError(f"lab up failed: {error}"))
+    except KeyboardInterrupt:
+        typer.echo("interrupted: everything made so far was removed", err=True)
+        raise typer.Exit(130)
     typer.echo(f"lab is up (mode {mode}); guest {lab.guest.name} on host a. Next: rarp-announce lab migrate")
 
 
@@ -78,9 +82,10 @@ def migrate(count: Annotated[int, typer.Option("--count", "-n", help="Migrations
 
     Example: rarp-announce lab migrate --count 4
     """
-    from rarp_announce.lab.demo import _migration_story
-    from rarp_announce.lab.session import STATE_FILE, Lab
+    from rarp_announce.lab.demo import migration_story
+    from rarp_announce.lab.session import STATE_FILE, Lab, interrupt_as_exception
 
+    interrupt_as_exception()
     failed = 0
     try:
         _check_root()
@@ -91,7 +96,7 @@ def migrate(count: Annotated[int, typer.Option("--count", "-n", help="Migrations
         try:
             for _ in range(count):
                 record = lab.migrate()
-                _migration_story(record, lab, _say)
+                migration_story(record, lab, _say)
                 failed += not record.ok
         finally:
             lab.save()
@@ -99,6 +104,9 @@ def migrate(count: Annotated[int, typer.Option("--count", "-n", help="Migrations
         fail(error)
     except (OSError, RuntimeError) as error:
         fail(AnnounceError(f"lab migrate failed: {error}"))
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the lab stays up (rarp-announce lab down removes it)", err=True)
+        raise typer.Exit(130)
     raise typer.Exit(1 if failed else 0)
 
 

@@ -21,7 +21,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.announcements = Counter(
-            "rarp_announce_announcements", "Announcements started, by trigger.", ["trigger"], registry=self.registry
+            "rarp_announce_announcements", "Announcements started, by trigger and libvirt interface type.",
+            ["trigger", "kind"], registry=self.registry
         )
         self.frames = Counter(
             "rarp_announce_frames_sent", "Frames sent, by libvirt interface type.", ["kind"], registry=self.registry

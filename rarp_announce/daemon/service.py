@@ -43,6 +43,7 @@ from rarp_announce.errors import InputError
 from rarp_announce.transport import RawSocketSink, Sink, device_state
 
 Key = tuple[str, str, "int | None"]
+_RERESOLVE_EVERY = 2.0  # seconds between live-XML re-reads while a target waits for its device
 
 
 @dataclass(eq=False)
@@ -379,7 +380,8 @@ class Daemon:
             self.latencies.append(latency)
             self.metrics.latency.observe(latency)
         arrival.announced.update(t.key for t in targets)
-        self.metrics.announcements.labels(trigger).inc()
+        for kind in {t.kind for t in targets}:
+            self.metrics.announcements.labels(trigger, kind).inc()
         self.counters["announcements"] += 1
         now = time.time()
         for target in targets:
@@ -400,6 +402,7 @@ class Daemon:
     async def _retry(self, arrival: Arrival, trigger: str) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.daemon.retry_timeout
+        next_resolve = loop.time() + _RERESOLVE_EVERY
         for target in self._pending(arrival):
             log_event(self.log, logging.WARNING, "device not ready; retrying", domain=arrival.name, mac=target.mac,
                       device=target.device, vlan=target.vlan, reason=arrival.problems.get(target.device),
@@ -420,13 +423,29 @@ class Daemon:
                 if self.arrivals.get(arrival.uuid) is not arrival:
                     return
                 before = len(self._pending(arrival))
-                xml = self._live_xml(arrival) or arrival.xml
-                if xml is not None and await self._prepare(arrival, xml):
-                    ready = [t for t in arrival.targets if t.key not in arrival.announced and t.device not in arrival.problems]
-                    self._announce(arrival, ready, "retry")
+                if loop.time() >= next_resolve:
+                    # The live XML may now name another device (a network's bridge, a VF's PF).
+                    next_resolve = loop.time() + _RERESOLVE_EVERY
+                    xml = self._live_xml(arrival) or arrival.xml
+                    if xml is not None:
+                        await self._prepare(arrival, xml)
+                else:
+                    self._recheck_devices(arrival)  # one ioctl per device: cheap for hundreds of domains
+                ready = [t for t in arrival.targets if t.key not in arrival.announced and t.device not in arrival.problems]
+                self._announce(arrival, ready, "retry")
                 self.metrics.pending.dec(max(0, before - len(self._pending(arrival))))
         finally:
             self.metrics.pending.dec(len(self._pending(arrival)))
+
+    def _recheck_devices(self, arrival: Arrival) -> None:
+        for device in {t.device for t in self._pending(arrival)}:
+            problem = device_state(device)
+            if problem is None:
+                problem = self.announcer.prepare(t for t in arrival.targets if t.device == device).get(device)
+            if problem is None:
+                arrival.problems.pop(device, None)
+            else:
+                arrival.problems[device] = problem
 
     # ---- catch-up after (re)connecting --------------------------------------------------------------
 

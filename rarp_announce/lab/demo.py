@@ -34,7 +34,7 @@ def _fdb_lines(entries: list[tuple[str, int, str]], lab: Lab) -> list[str]:
     return lines
 
 
-def _migration_story(m: Migration, lab: Lab, write: Write) -> None:
+def migration_story(m: Migration, lab: Lab, write: Write) -> None:
     write("    switch FDB before (the MACs sit behind the source host):")
     for line in _fdb_lines(m.fdb_before, lab):
         write(line)
@@ -83,6 +83,7 @@ def run_demo(migrations: int = 3, mode: str = "daemon", *, write: Write | None =
 
     who = {"daemon": "our daemon (rarp-announce daemon) on each host, watching its libvirtd",
            "hook": "only our libvirt hook on each host (a standalone waiter per migration, no daemon)",
+           "both": "our daemon on each host, and our hook handing each arrival to it",
            "cli": "the lab itself, running `rarp-announce domain` at the resume",
            "none": "nobody (control run: the MACs must NOT move)"}[mode]
     headings = {
@@ -100,7 +101,7 @@ def run_demo(migrations: int = 3, mode: str = "daemon", *, write: Write | None =
             write("")
             write(f"  Migration {number}/{migrations}  " + _bar(number - 1, migrations))
             m = lab.migrate()
-            _migration_story(m, lab, write)
+            migration_story(m, lab, write)
             failures += not m.ok
         write("")
         write("  " + _bar(migrations, migrations))

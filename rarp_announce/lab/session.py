@@ -3,6 +3,8 @@
 Announcer modes (who sends the frames on the destination):
   daemon  `rarp-announce daemon` runs in each host's netns, watching its libvirtd;
   hook    only the libvirt hook is installed in each host (standalone waiter);
+  both    the daemon and the hook (mode auto): the hook hands each arrival to the daemon,
+          which must still announce it once;
   cli     the lab itself runs `rarp-announce domain` in the destination at the RESUMED event
           (a stand-in used before the daemon and hook existed, and as a baseline);
   none    nobody announces: proves QEMU's own frames never reach the switch.
@@ -32,7 +34,7 @@ from rarp_announce.lab.observe import Events, Sniffer, check_frame
 from rarp_announce.lab.procs import Proc
 from rarp_announce.lab.topology import HOSTS, LabTopology, make_workdir
 
-MODES = ("daemon", "hook", "cli", "none")
+MODES = ("daemon", "hook", "both", "cli", "none")
 NOMINAL_MS = (0.0, 50.0, 200.0, 450.0, 800.0)
 _EVENT_RESUMED = 4
 _RESUMED_MIGRATED = (1, 3)  # RESUMED_MIGRATED, RESUMED_POSTCOPY
@@ -155,9 +157,9 @@ class Lab:
         for host in HOSTS:
             net = self.topology.hosts[host]
             self.libvirtd[host] = Libvirtd(f"lab-host-{host}", net.netns, net.workdir / "libvirt", ovs_rundir=net.ovs.rundir)
-        if self.mode == "hook":
+        if self.mode in ("hook", "both"):
             for host in HOSTS:
-                self._install_hook(host)
+                self._install_hook(host, "standalone" if self.mode == "hook" else "auto")
         self.phase("libvirtd")
         for daemon in self.libvirtd.values():
             daemon.spawn()
@@ -171,13 +173,15 @@ class Lab:
         for host in HOSTS:
             self.host_sniffers[host] = Sniffer(self.topology.hosts[host].netns, prefix="vnet", sent_on=("br0", "ovsbr0"))
         self.phase("announcer")
-        if self.mode == "daemon":
+        if self.mode in ("daemon", "both"):
             for host in HOSTS:
                 self.start_daemon(host)
         self.phase("guest")
         self.conns["a"].createXML(self.guest.xml(), 0)
         self.location = "a"
-        kind = "KVM" if self.guest.kvm else "TCG (no usable /dev/kvm)"
+        from rarp_announce.lab.guest import kvm_usable
+
+        kind = "KVM" if self.guest.kvm else ("TCG" if kvm_usable() else "TCG (no usable /dev/kvm)")
         self.narrate(f"guest {self.guest.name} ({kind}, 64 MiB, no disk) runs on host a")
         for nic in self.guest.nics:
             self.narrate(f"  vNIC {nic.mac} on {nic.label}")
@@ -190,10 +194,10 @@ class Lab:
         self.events.watch(host, conn)
         self.conns[host] = conn
 
-    def _install_hook(self, host: str) -> None:
+    def _install_hook(self, host: str, mode: str) -> None:
         hooks_dir = self.libvirtd[host].hooks_dir
         sock, _state = self.daemon_paths(host)
-        argv = [*_CLI, "hook", "install", "--hooks-dir", str(hooks_dir), "--mode", "standalone",
+        argv = [*_CLI, "hook", "install", "--hooks-dir", str(hooks_dir), "--mode", mode,
                 "--connect", self.libvirtd[host].uri, "--control-socket", str(sock),
                 "--log-file", str(self.topology.hosts[host].workdir / "hook.log"), "--python", sys.executable]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=60)

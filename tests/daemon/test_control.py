@@ -159,3 +159,39 @@ def test_a_second_daemon_refuses_a_socket_in_use_and_replaces_a_stale_one(lab, t
     assert refused and "another daemon already listens" in refused
     assert still == {"ok": True}, "the refused daemon must leave the first one's socket alone"
     assert answer == {"ok": True}
+
+
+def test_the_real_hook_hands_off_to_the_daemon_which_announces_at_the_resume(lab) -> None:
+    """hooks/qemu as libvirt runs it on `migrate begin`, talking to this daemon (contract 3 end to end)."""
+    import subprocess
+    import sys
+
+    from rarp_announce import hookinstall
+    from rarp_announce.hookinstall import HookSettings
+
+    daemon = lab.daemon()
+    settings = HookSettings(mode="daemon", control_socket=daemon.control_socket, log_file=str(lab.tmp / "hook.log"),
+                            python=sys.executable, connect="test:///default", handoff_timeout=0.5)
+    hook = hookinstall.install(str(lab.tmp / "hooks"), settings).path
+    xml = domain_xml("hooked", [(MAC, "br1", 33, None)], uuid=UUID)
+    with lab.capture("cap1") as on_br1:
+
+        async def scenario():
+            async with running(daemon) as holder:
+                dom = holder.defineXML(xml)
+                dom.create()
+                done = await asyncio.to_thread(
+                    subprocess.run, [hook, "hooked", "migrate", "begin", "-"], input=xml.encode(),
+                    capture_output=True, timeout=30, cwd="/",
+                    env={"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+                await asyncio.sleep(0.05)
+                incoming = daemon.status()["incoming"]
+                lifecycle(daemon, dom, libvirt.VIR_DOMAIN_EVENT_RESUMED, libvirt.VIR_DOMAIN_EVENT_RESUMED_MIGRATED)
+                await settle(daemon, 0.1)
+                return done, incoming
+
+        done, incoming = lab.run(scenario)
+        assert tally(on_br1.frames(count=ROUNDS + 1, timeout=0.5)) == {(MAC, 33): ROUNDS}
+    assert done.returncode == 0 and done.stdout == b""
+    assert incoming == ["hooked"]
+    assert "handed off to the daemon" in (lab.tmp / "hook.log").read_text()

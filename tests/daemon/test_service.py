@@ -268,6 +268,6 @@ def test_metrics_count_frames_by_kind_and_latency(lab) -> None:
     lab.run(scenario)
     registry = daemon.metrics.registry
     assert registry.get_sample_value("rarp_announce_frames_sent_total", {"kind": "bridge"}) == 2 * ROUNDS
-    assert registry.get_sample_value("rarp_announce_announcements_total", {"trigger": "resumed-migrated"}) == 1
+    assert registry.get_sample_value("rarp_announce_announcements_total", {"trigger": "resumed-migrated", "kind": "bridge"}) == 1
     assert registry.get_sample_value("rarp_announce_first_frame_latency_seconds_count") == 1
     assert registry.get_sample_value("rarp_announce_libvirt_connected") == 0  # stopped at the end

@@ -36,11 +36,11 @@ def _prerequisites() -> None:
         require(False, "the lab needs libvirt-python")
 
 
-def _open_lab(mode: str):
+def _open_lab(mode: str, **options):
     from rarp_announce.lab.session import Lab
 
     _prerequisites()
-    return Lab(mode).up()
+    return Lab(mode, **options).up()
 
 
 def _close_and_check(lab) -> None:
@@ -169,10 +169,29 @@ def test_hook_only_two_migrations():
         _close_and_check(lab)
 
 
-def test_without_announcer_qemus_dropped_frames_move_nothing():
-    """The control: with nobody announcing, the switch keeps the MACs on the source port."""
-    lab = _open_lab("none")
+def test_hook_hands_off_to_the_daemon_and_each_arrival_is_announced_once():
+    lab = _open_lab("both")
     try:
+        for _ in range(2):
+            record = lab.migrate()
+            _assert_announced(lab, record)  # exactly one schedule although hook and event both told
+        time.sleep(1.0)
+        assert _frames_per_mac(lab, 0) == {mac: ROUNDS * 2 for mac in lab.guest.macs}
+        for host in ("a", "b"):
+            log = (lab.topology.hosts[host].workdir / "hook.log").read_text()
+            assert "handed off to the daemon" in log, log
+    finally:
+        _close_and_check(lab)
+
+
+def test_without_announcer_qemus_dropped_frames_move_nothing():
+    """The control: with nobody announcing, the switch keeps the MACs on the source port.
+
+    Run under TCG, the fallback when /dev/kvm is missing, so that path is proven too.
+    """
+    lab = _open_lab("none", kvm=False)
+    try:
+        assert "type='qemu'" in lab.conns["a"].lookupByName(lab.guest.name).XMLDesc(0)
         record = lab.migrate()
         assert record.resumed is not None
         assert record.frames == []

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 
 def test_check_frame_accepts_qemus_exact_frame_and_names_what_differs():
     from rarp_announce.frames import rarp_frame
