@@ -35,7 +35,7 @@ def unique(prefix: str) -> str:
 def inside(ns: str) -> Iterator[None]:
     """Run the block in netns `ns` (this thread only); sockets made here stay in it."""
     libc = ctypes.CDLL(None, use_errno=True)
-    own = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY)
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     target = os.open(f"/run/netns/{ns}", os.O_RDONLY)
     try:
         if libc.setns(target, 0x40000000) != 0:  # CLONE_NEWNET
@@ -140,6 +140,42 @@ class Topology:
         self.close()
 
 
+def capture_socket(ns: str, device: str | None = None, *, rcvbuf: int | None = None) -> socket.socket:
+    """A packet socket in netns `ns` (on `device`, or all devices) that keeps VLAN tags and kernel stamps."""
+    with inside(ns):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+    sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    if device is not None:
+        sock.bind((device, ETH_P_ALL))
+    sock.settimeout(0.05)
+    return sock
+
+
+def receive_frame(sock: socket.socket) -> tuple[float, bytes, tuple]:
+    """(kernel timestamp, frame with its 802.1Q tag put back, packet address) of the next frame."""
+    data, ancillary, _flags, address = sock.recvmsg(65535, 1024)
+    stamp = time.time()
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+            sec, nsec = struct.unpack("qq", payload[:16])
+            stamp = sec + nsec / 1e9
+        elif level == SOL_PACKET and kind == PACKET_AUXDATA:
+            # The kernel strips the tag before packet sockets see the frame; auxdata keeps it.
+            status, _l, _s, _m, _n, tci, tpid = _AUXDATA.unpack(payload[: _AUXDATA.size])
+            if status & TP_STATUS_VLAN_VALID:
+                tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
+                data = data[:12] + struct.pack("!HH", tpid, tci) + data[12:]
+    return stamp, data, address
+
+
+def ethertype_of(frame: bytes) -> int:
+    """The ethertype after any 802.1Q tag."""
+    return int.from_bytes(frame[16:18] if frame[12:14] == b"\x81\x00" else frame[12:14], "big")
+
+
 @dataclass(frozen=True)
 class Captured:
     time: float  # kernel receive timestamp, wall clock
@@ -150,12 +186,7 @@ class Capture:
     """A packet socket in a netns, with PACKET_AUXDATA so stripped VLAN tags are restored."""
 
     def __init__(self, ns: str, device: str) -> None:
-        with inside(ns):
-            self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        self.sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
-        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        self.sock.bind((device, ETH_P_ALL))
-        self.sock.settimeout(0.05)
+        self.sock = capture_socket(ns, device)
 
     def frames(self, ethertype: int = 0x8035, *, count: int | None = None, timeout: float = 3.0) -> list[Captured]:
         """Frames of `ethertype` (tagged or not) until `count` arrive or `timeout` passes."""
@@ -163,23 +194,10 @@ class Capture:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and (count is None or len(found) < count):
             try:
-                data, ancillary, _flags, address = self.sock.recvmsg(65535, 1024)
+                stamp, data, address = receive_frame(self.sock)
             except socket.timeout:
                 continue
-            if address[2] == socket.PACKET_OUTGOING:
-                continue
-            stamp = time.time()
-            for level, kind, payload in ancillary:
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                    sec, nsec = struct.unpack("qq", payload[:16])
-                    stamp = sec + nsec / 1e9
-                elif level == SOL_PACKET and kind == PACKET_AUXDATA:
-                    status, _l, _s, _m, _n, tci, tpid = _AUXDATA.unpack(payload[: _AUXDATA.size])
-                    if status & TP_STATUS_VLAN_VALID:
-                        tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
-                        data = data[:12] + struct.pack("!HH", tpid, tci) + data[12:]
-            inner = data[16:18] if data[12:14] == b"\x81\x00" else data[12:14]
-            if int.from_bytes(inner, "big") == ethertype:
+            if address[2] != socket.PACKET_OUTGOING and ethertype_of(data) == ethertype:
                 found.append(Captured(stamp, data))
         return found
 

@@ -9,21 +9,11 @@ host it shows QEMU's own frames arriving from the taps (before the drop rules).
 from __future__ import annotations
 
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass
 
-from rarp_announce.lab.netns import (
-    _AUXDATA,
-    ETH_P_ALL,
-    PACKET_AUXDATA,
-    SO_TIMESTAMPNS,
-    SOL_PACKET,
-    TP_STATUS_VLAN_TPID_VALID,
-    TP_STATUS_VLAN_VALID,
-    inside,
-)
+from rarp_announce.lab.netns import capture_socket, ethertype_of, receive_frame
 
 RARP = 0x8035
 
@@ -58,19 +48,14 @@ class Sniffer:
         self._seen: list[Seen] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        with inside(ns):
-            self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-        self._sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
-        self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self._sock.settimeout(0.05)
+        self._sock = capture_socket(ns, rcvbuf=4 << 20)
         self._thread = threading.Thread(target=self._run, name=f"sniff-{ns}", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                data, ancillary, _flags, address = self._sock.recvmsg(65535, 1024)
+                stamp, data, address = receive_frame(self._sock)
             except (socket.timeout, InterruptedError):
                 continue
             except OSError:
@@ -78,18 +63,7 @@ class Sniffer:
             sent = address[2] == socket.PACKET_OUTGOING
             if sent and address[0] not in self.sent_on:
                 continue
-            stamp = time.time()
-            for level, kind, payload in ancillary:
-                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                    sec, nsec = struct.unpack("qq", payload[:16])
-                    stamp = sec + nsec / 1e9
-                elif level == SOL_PACKET and kind == PACKET_AUXDATA:
-                    status, _l, _s, _m, _n, tci, tpid = _AUXDATA.unpack(payload[: _AUXDATA.size])
-                    if status & TP_STATUS_VLAN_VALID:
-                        tpid = tpid if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
-                        data = data[:12] + struct.pack("!HH", tpid, tci) + data[12:]
-            inner = data[16:18] if data[12:14] == b"\x81\x00" else data[12:14]
-            if int.from_bytes(inner, "big") != RARP:
+            if ethertype_of(data) != RARP:
                 continue
             device = address[0]  # (ifname, proto, pkttype, hatype, addr)
             if not sent and self.devices is not None and device not in self.devices:
