@@ -39,7 +39,11 @@ class ControlServer:
 
     async def start(self) -> None:
         directory = os.path.dirname(self.path) or "."
-        os.makedirs(directory, mode=0o755, exist_ok=True)
+        try:
+            os.makedirs(directory, mode=0o755, exist_ok=True)
+        except OSError as exc:
+            raise AnnounceError(f"cannot create the control socket's folder {directory}: {exc.strerror}; "
+                                "choose another --control-socket") from None
         _clear_stale(self.path)
         # The umask makes the socket 0600 from its creation: no window where others may connect.
         old = os.umask(0o177)

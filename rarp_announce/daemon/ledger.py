@@ -26,6 +26,8 @@ import os
 import time
 from pathlib import Path
 
+from rarp_announce.errors import AnnounceError
+
 LEDGER_NAME = "announced.jsonl"
 QEMU_PID_DIR = "/run/libvirt/qemu"
 _MAX_AGE = 30 * 86400.0  # a running domain older than this is announced again at most once more
@@ -95,11 +97,15 @@ class Ledger:
             self._fd = None
 
     def _load(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             lines = self.path.read_text().splitlines()
-        except FileNotFoundError:
-            return
+        except FileNotFoundError as exc:
+            if exc.filename == str(self.path):
+                return
+            raise AnnounceError(f"cannot use state dir {self.path.parent}: {exc.strerror}; choose another --state-dir") from None
+        except OSError as exc:
+            raise AnnounceError(f"cannot use state dir {self.path.parent}: {exc.strerror}; choose another --state-dir") from None
         now = time.time()
         for line in lines:
             try:

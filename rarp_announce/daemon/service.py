@@ -316,6 +316,12 @@ class Daemon:
         if arrival.preparing is not None and not arrival.preparing.done():
             await asyncio.wait([arrival.preparing])
         if not arrival.prepared:
+            if self._migration_cancelled(dom):
+                # libvirt also reports RESUMED/MIGRATED when a failed or cancelled migration
+                # resumes the guest on its *source*: nothing arrived, nothing to announce.
+                self.counters["cancelled_migrations"] += 1
+                self._forget(arrival.uuid)
+                return
             xml = self._domain_xml(dom, arrival)
             if xml is None:
                 return
@@ -596,6 +602,15 @@ class Daemon:
                       error=exc.get_error_message())
             self.metrics.failure("libvirt")
             return None
+
+    def _migration_cancelled(self, dom: Any) -> bool:
+        import libvirt
+
+        try:
+            state, reason = dom.state()
+        except libvirt.libvirtError:
+            return False
+        return state == arrivals.DOMAIN_RUNNING and reason == libvirt.VIR_DOMAIN_RUNNING_MIGRATION_CANCELED
 
     def _live_xml(self, arrival: Arrival) -> str | None:
         import libvirt

@@ -134,3 +134,19 @@ def test_status_without_a_daemon_says_so(tmp_path) -> None:
                             capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert result.returncode == 1
     assert "is `rarp-announce daemon` running?" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [("--state-dir", "cannot use state dir /proc/nope/dir"),
+     ("--control-socket", "cannot create the control socket's folder /proc/nope")],
+)
+def test_unusable_paths_are_one_line_and_exit_1(tmp_path, option, message) -> None:
+    paths = {"--state-dir": str(tmp_path / "state"), "--control-socket": str(tmp_path / "c.sock")}
+    paths[option] = "/proc/nope/dir"
+    result = subprocess.run(
+        [*CLI, "daemon", "--connect", "test:///default", *(x for pair in paths.items() for x in pair)],
+        capture_output=True, text=True, timeout=30, cwd=ROOT,
+    )
+    assert result.returncode == 1
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
