@@ -58,9 +58,9 @@ class HookSettings:
         if any(ch in self.connect for ch in "\n\r\0") or self.connect.startswith("-"):
             raise InputError(f"invalid --connect {self.connect!r}: expected a libvirt URI such as qemu:///system")
         # The hook's whole budget is a few tens of ms; a longer hand-off would delay migrations.
-        if not (isinstance(self.handoff_timeout, float) and math.isfinite(self.handoff_timeout) and 0 < self.handoff_timeout <= 0.5):
+        if not (isinstance(self.handoff_timeout, (int, float)) and not isinstance(self.handoff_timeout, bool) and math.isfinite(self.handoff_timeout) and 0 < self.handoff_timeout <= 0.5):
             raise InputError(f"invalid hand-off timeout {self.handoff_timeout!r}: expected 0 < seconds <= 0.5 (default 0.05)")
-        if not (isinstance(self.waiter_timeout, float) and math.isfinite(self.waiter_timeout) and 0 < self.waiter_timeout <= 86400):
+        if not (isinstance(self.waiter_timeout, (int, float)) and not isinstance(self.waiter_timeout, bool) and math.isfinite(self.waiter_timeout) and 0 < self.waiter_timeout <= 86400):
             raise InputError(f"invalid waiter timeout {self.waiter_timeout!r}: expected 0 < seconds <= 86400 (default 300)")
 
 

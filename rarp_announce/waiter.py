@@ -45,7 +45,7 @@ class WaitResult:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.outcome in ("announced", "gone", "ignored") else 1
+        return 0 if self.outcome in ("announced", "gone", "ignored", "handed-off") else 1
 
 
 def check_uuid(text: str) -> str:
@@ -249,6 +249,7 @@ def run(
     uri: str,
     config: Config,
     hook_pid: int | None = None,
+    ask_daemon: str | None = None,
 ) -> WaitResult:
     """The process entry of `rarp-announce hook wait`: wait for the hook, connect, wait, announce."""
     from rarp_announce.daemon.watch import register_event_loop
@@ -261,6 +262,8 @@ def run(
     if hook_pid is not None and hook_pid != os.getpid():
         if not wait_for_process_exit(hook_pid):
             _log.warning("hook pid %d still runs after 5 s; connecting to libvirt anyway", hook_pid)
+    if ask_daemon and daemon_took(ask_daemon, uuid):
+        return WaitResult("handed-off", f"the daemon at {ask_daemon} took the domain after all: it announces")
 
     async def main() -> WaitResult:
         loop = asyncio.get_running_loop()
@@ -288,6 +291,18 @@ def run(
                 pass
 
     return asyncio.run(main())
+
+
+def daemon_took(control_socket: str, uuid: str, *, timeout: float = 1.0) -> bool:
+    """Whether the daemon at `control_socket` follows this domain's arrival (False when unsure)."""
+    from rarp_announce.daemon.control import request
+
+    try:
+        answer = request(control_socket, {"op": "claimed", "uuid": uuid}, timeout=timeout)
+    except AnnounceError as exc:
+        _log.info("could not ask the daemon whether it took the domain (%s): announcing here", exc)
+        return False
+    return answer.get("ok") is True and answer.get("claimed") is True
 
 
 def _message(exc: Exception) -> str:

@@ -63,7 +63,7 @@ class StandIn:
     """A daemon stand-in on a Unix socket: records each request line, answers per `behaviour`."""
 
     path: str
-    behaviour: str = "ok"  # ok | refuse | hang | garbage
+    behaviour: str = "ok"  # ok | refuse | hang | garbage | slow (answers ok, too late for the hook)
     requests: list[dict] = field(default_factory=list)
     raw: list[bytes] = field(default_factory=list)
 
@@ -102,6 +102,15 @@ class StandIn:
                     self.requests.append(json.loads(data))
                 except ValueError:
                     self.requests.append({"unparsable": True})
+                if self.behaviour == "slow":
+                    time.sleep(0.2)
+                    claimed = self.requests[-1].get("op") == "claimed"
+                    answer = b'{"ok":true,"claimed":true}\n' if claimed else b'{"ok":true}\n'
+                    try:
+                        conn.sendall(answer)
+                    except OSError:
+                        pass
+                    continue
                 answer = {
                     "ok": b'{"ok":true}\n',
                     "refuse": b'{"ok":false,"error":"state dir is full"}\n',
@@ -300,6 +309,28 @@ def test_a_daemon_that_accepts_but_never_answers_costs_the_timeout_only(short_di
         for pid in made.waiters:
             if alive(pid):
                 os.kill(pid, 9)
+
+
+def test_a_daemon_that_answers_too_late_keeps_the_arrival_and_the_waiter_leaves_it(short_dir: Path) -> None:
+    made = make_hook(short_dir, mode="auto", waiter_timeout=5)
+    server = StandIn(made.control_socket, behaviour="slow")
+    try:
+        done, elapsed = made.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
+        assert_libvirt_safe(done, elapsed)
+        assert "(it may still take the domain)" in made.log_text()
+        [pid] = made.waiters
+        deadline = time.monotonic() + 10
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(pid), "the waiter should leave the arrival to the daemon and exit"
+    finally:
+        server.close()
+        for pid in made.waiters:
+            if alive(pid):
+                os.kill(pid, 9)
+    assert [r.get("op") for r in server.requests] == ["handoff", "claimed"]
+    assert server.requests[1]["uuid"] == UUID
+    assert "handed-off: the daemon at" in made.log_text()
 
 
 @pytest.mark.parametrize("behaviour,logged", [("refuse", "the daemon refused the hand-off: state dir is full"), ("garbage", "sent an unreadable answer")])

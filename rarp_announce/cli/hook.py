@@ -143,6 +143,7 @@ def wait(
     connect: ConnectOpt = None,
     config: ConfigOpt = None,
     hook_pid: Annotated[Optional[int], typer.Option("--hook-pid", help="Connect to libvirt only once this process (the hook) has exited.")] = None,
+    ask_daemon: Annotated[Optional[str], typer.Option("--ask-daemon", metavar="SOCKET", help="First ask the daemon at this control socket whether it took the domain after all (its hand-off answer was late); if so, leave it to the daemon.")] = None,
 ) -> None:
     """Wait for one incoming domain to resume on this host, announce its vNICs, and exit.
 
@@ -168,7 +169,7 @@ def wait(
     log.setLevel(logging.INFO)
     try:
         cfg = load_config(config)
-        result = waiter.run(uuid, name=name, timeout=timeout, uri=libvirt_uri(connect, cfg), config=cfg, hook_pid=hook_pid)
+        result = waiter.run(uuid, name=name, timeout=timeout, uri=libvirt_uri(connect, cfg), config=cfg, hook_pid=hook_pid, ask_daemon=ask_daemon)
     except AnnounceError as error:
         # stderr is the hook's log file here: one line, not a second copy through fail()
         log.error("error: %s", error)

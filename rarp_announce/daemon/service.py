@@ -506,7 +506,14 @@ class Daemon:
             return {"ok": True, "status": self.status()}
         if op == "handoff":
             return await self._handoff(request)
-        return {"ok": False, "error": f"unknown op {str(op)[:40]!r}: expected ping, status or handoff"}
+        if op == "claimed":
+            # A hook whose hand-off timed out asks this before its waiter announces on its own:
+            # the daemon may have taken the domain after all, and one arrival is announced once.
+            uuid = request.get("uuid")
+            if not isinstance(uuid, str) or not uuid:
+                return {"ok": False, "error": 'claimed needs a non-empty string "uuid"'}
+            return {"ok": True, "claimed": uuid.lower() in self.arrivals}
+        return {"ok": False, "error": f"unknown op {str(op)[:40]!r}: expected ping, status, handoff or claimed"}
 
     async def _handoff(self, request: dict[str, Any]) -> dict[str, Any]:
         domain, uuid, xml = request.get("domain"), request.get("uuid"), request.get("xml")
@@ -579,12 +586,9 @@ class Daemon:
         lookup = None
         conn = self.watcher.conn if self.watcher is not None else None
         if conn is not None:
-            try:
-                from rarp_announce.virt import network_bridge_lookup
-            except ImportError:  # the resolver's libvirt helpers are not installed yet
-                pass
-            else:
-                lookup = network_bridge_lookup(conn)
+            from rarp_announce.virt import network_bridge_lookup
+
+            lookup = network_bridge_lookup(conn)
         resolution = resolve_xml(xml, self.config, network_bridge=lookup, check_host=False)
         for device in {t.device for t in resolution.targets}:
             problem = device_state(device)

@@ -66,6 +66,26 @@ def test_handoff_prepares_and_the_resume_announces_from_it(lab) -> None:
     assert status["counters"]["handoffs"] == 1 and status["counters"]["announcements"] == 1
 
 
+def test_claimed_tells_a_late_hook_waiter_whether_the_daemon_follows_the_domain(lab) -> None:
+    daemon = lab.daemon()
+    xml = domain_xml("handed", [(MAC, "br0", None, None)], uuid=UUID)
+
+    async def scenario():
+        async with running(daemon):
+            before = await daemon.handle_request({"op": "claimed", "uuid": UUID})
+            await daemon.handle_request({"op": "handoff", "domain": "handed", "uuid": UUID, "xml": xml})
+            after = await daemon.handle_request({"op": "claimed", "uuid": UUID.upper()})
+            other = await daemon.handle_request({"op": "claimed", "uuid": "5b0f2a5e-0000-4000-8000-000000000000"})
+            bad = await daemon.handle_request({"op": "claimed"})
+            return before, after, other, bad
+
+    before, after, other, bad = lab.run(scenario)
+    assert before == {"ok": True, "claimed": False}
+    assert after == {"ok": True, "claimed": True}
+    assert other == {"ok": True, "claimed": False}
+    assert bad == {"ok": False, "error": 'claimed needs a non-empty string "uuid"'}
+
+
 def test_status_ping_and_bad_requests_never_stop_the_daemon(lab) -> None:
     daemon = lab.daemon()
 
