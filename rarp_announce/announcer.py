@@ -179,13 +179,12 @@ class Announcer:
             # Whatever went wrong above, the schedule goes on: a stalled chain never finishes and
             # would leave its targets "running" for good, so they could never be announced again.
             announcement.next_index += 1
-            if announcement.finished:
-                pass
-            elif announcement.next_index < len(announcement.sends):
-                due = announcement.started + announcement.sends[announcement.next_index].offset
-                announcement._timer = loop.call_at(due, self._fire, announcement)
-            else:
-                self._finish(announcement)
+            if not announcement.finished:
+                if announcement.next_index < len(announcement.sends):
+                    due = announcement.started + announcement.sends[announcement.next_index].offset
+                    announcement._timer = loop.call_at(due, self._fire, announcement)
+                else:
+                    self._finish(announcement)
 
     def _send_one(self, target: Target) -> str | None:
         try:

@@ -12,7 +12,7 @@ import socket
 import struct
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -113,13 +113,7 @@ class Topology:
     def learn(self, host: str, mac: str) -> None:
         """Make the switch learn `mac` behind `host`: one plain frame from host's uplink."""
         frame = b"\xff" * 6 + bytes.fromhex(mac.replace(":", "")) + b"\x88\xb5" + bytes(46)
-        with inside(self.ns[host]):
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        try:
-            sock.bind(("uplink", 0))
-            sock.send(frame)
-        finally:
-            sock.close()
+        send_raw(self.ns[host], "uplink", frame)
 
     def capture(self, host: str, device: str) -> "Capture":
         ns = self.switch if host == "switch" else self.ns[host]
@@ -138,6 +132,25 @@ class Topology:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def send_raw(ns: str, device: str, frame: bytes) -> None:
+    """Write one frame on `device` of netns `ns` (a test's own frame, not an announcement)."""
+    with inside(ns):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+    with sock:
+        sock.bind((device, 0))
+        sock.send(frame)
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0, interval: float = 0.05) -> bool:
+    """Poll `condition` until it holds or `timeout` s pass; the last check is after the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()
 
 
 def capture_socket(ns: str, device: str | None = None, *, rcvbuf: int | None = None) -> socket.socket:

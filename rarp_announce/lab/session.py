@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rarp_announce.lab.netns import wait_until
 from rarp_announce.lab.guest import Guest, Nic, make_guest
 from rarp_announce.lab.libvirtd import Libvirtd
 from rarp_announce.lab.observe import Events, Sniffer, check_frame
@@ -274,7 +275,7 @@ class Lab:
             record.expected[nic.mac] = dst_ports[nic.bridge]
             # The switch holds every MAC on the source's port first, so a move is a real move.
             topo.teach(src, nic.mac, nic.vlan)
-        _wait(lambda: all(topo.where(n.mac, n.switch_vlan) == topo.hosts[src].switch_ports[n.bridge]
+        wait_until(lambda: all(topo.where(n.mac, n.switch_vlan) == topo.hosts[src].switch_ports[n.bridge]
                           for n in self.guest.nics), 5.0)
         record.fdb_before = self._guest_fdb()
         self.narrate(f"migration {record.number}: host {src} -> host {dst} (live, precopy)")
@@ -301,7 +302,7 @@ class Lab:
             raise RuntimeError(f"migration {record.number} {src}->{dst} failed: {failure[0] if failure else 'timed out'}")
         self.location = dst
         # Our schedule lasts 0.8 s from the resume; wait for the switch to settle, bounded.
-        _wait(lambda: all(topo.where(m, v) == p for m, v, p in self._expected(record)), max(settle, 5.0))
+        wait_until(lambda: all(topo.where(m, v) == p for m, v, p in self._expected(record)), max(settle, 5.0))
         time.sleep(max(0.0, (record.resumed or time.time()) + settle - time.time()))
         record.moved = {n.mac: topo.where(n.mac, n.switch_vlan) for n in self.guest.nics}
         record.fdb_after = self._guest_fdb()
@@ -516,14 +517,6 @@ def summary(migrations: list[Migration]) -> dict[str, float | None]:
         out[f"{name}_median"], out[f"{name}_max"] = stats(values)
     return out
 
-
-def _wait(condition: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
 
 
 def _kill_pid(pid: int) -> None:

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from rarp_announce.lab.netns import wait_until
 from tests.conftest import ROOT, require
 
 pytestmark = pytest.mark.lab
@@ -49,14 +50,6 @@ def _close_and_check(lab) -> None:
     lab.close()
     assert leftovers(lab.made) == []
 
-
-def _wait(condition, timeout: float, interval: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return condition()
 
 
 def _frames_per_mac(lab, since: float, until: float | None = None) -> dict[str, int]:
@@ -116,7 +109,7 @@ def test_daemon_reconnects_after_destination_libvirtd_restart(daemon_lab):
         return bool(status) and status["connection"]["state"] == "connected" and (
             status["connection"]["reconnects"] > before["connection"]["reconnects"])
 
-    assert _wait(reconnected, 60), f"daemon on {destination} did not reconnect: {lab.daemon_status(destination)}"
+    assert wait_until(reconnected, 60), f"daemon on {destination} did not reconnect: {lab.daemon_status(destination)}"
     record = lab.migrate()
     assert record.destination == destination
     _assert_announced(lab, record)
@@ -135,7 +128,7 @@ def test_daemon_catches_up_an_arrival_missed_while_stopped_and_never_twice(daemo
     back = time.time()
     lab.start_daemon(destination)
     expected = {nic.mac: (nic.switch_vlan, record.expected[nic.mac]) for nic in lab.guest.nics}
-    assert _wait(lambda: all(lab.topology.where(mac, vlan) == port for mac, (vlan, port) in expected.items()), 30), \
+    assert wait_until(lambda: all(lab.topology.where(mac, vlan) == port for mac, (vlan, port) in expected.items()), 30), \
         f"the missed arrival was not announced after the daemon came back: {lab.topology.fdb()}"
     time.sleep(1.5)  # the rest of the schedule
     assert _frames_per_mac(lab, back) == {mac: ROUNDS for mac in lab.guest.macs}

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import socket
-import time
 
 import pytest
+
+from rarp_announce.lab.netns import send_raw, wait_until
 
 from tests.conftest import require
 
@@ -37,23 +37,6 @@ def ovs_ns(root_netns, tmp_path):
         netns.remove(name)
 
 
-def _send(ns: str, device: str, frame: bytes) -> None:
-    from rarp_announce.lab.netns import inside
-
-    with inside(ns):
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-    with sock:
-        sock.bind((device, 0))
-        sock.send(frame)
-
-
-def _wait_for(condition, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def test_learns_each_mac_in_its_vlan_on_its_port(ovs_ns):
@@ -61,14 +44,14 @@ def test_learns_each_mac_in_its_vlan_on_its_port(ovs_ns):
     from rarp_announce.mac import parse_mac
 
     ns, ovs = ovs_ns
-    _send(ns, "trunk-h", rarp_frame(parse_mac("52:54:00:00:00:01"), 200, 0))
-    _send(ns, "access-h", rarp_frame(parse_mac("52:54:00:00:00:02"), None, 0))
-    assert _wait_for(lambda: ovs.fdb_port("br", "52:54:00:00:00:02", 100) == "access")
+    send_raw(ns, "trunk-h", rarp_frame(parse_mac("52:54:00:00:00:01"), 200, 0))
+    send_raw(ns, "access-h", rarp_frame(parse_mac("52:54:00:00:00:02"), None, 0))
+    assert wait_until(lambda: ovs.fdb_port("br", "52:54:00:00:00:02", 100) == "access")
     assert ovs.fdb_port("br", "52:54:00:00:00:01", 200) == "trunk"
     assert ("trunk", 200, "52:54:00:00:00:01") in ovs.fdb("br")
     # The same MAC seen on the trunk in VLAN 100 moves there: the switch behaviour the lab relies on.
-    _send(ns, "trunk-h", rarp_frame(parse_mac("52:54:00:00:00:02"), 100, 0))
-    assert _wait_for(lambda: ovs.fdb_port("br", "52:54:00:00:00:02", 100) == "trunk")
+    send_raw(ns, "trunk-h", rarp_frame(parse_mac("52:54:00:00:00:02"), 100, 0))
+    assert wait_until(lambda: ovs.fdb_port("br", "52:54:00:00:00:02", 100) == "trunk")
 
 
 def test_stop_leaves_no_process_and_no_internal_port(ovs_ns):

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import time
 
 import pytest
+
+from rarp_announce.lab.netns import send_raw, wait_until
 
 from tests.conftest import require
 
@@ -27,23 +28,6 @@ def lab_net(root_netns):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _send(ns: str, device: str, frame: bytes) -> None:
-    from rarp_announce.lab.netns import inside
-
-    with inside(ns):
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-    with sock:
-        sock.bind((device, 0))
-        sock.send(frame)
-
-
-def _settle(condition, timeout: float = 3.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def _vm_port(topo, host: str, name: str, *, ovs_tag: int | None = None) -> str:
@@ -66,7 +50,7 @@ def _vm_port(topo, host: str, name: str, *, ovs_tag: int | None = None) -> str:
 def test_teach_and_where_per_vlan(lab_net):
     lab_net.teach("a", MAC, None)
     lab_net.teach("b", MAC, 100)
-    assert _settle(lambda: lab_net.where(MAC, 0) == "a-br" and lab_net.where(MAC, 100) == "b-ovs")
+    assert wait_until(lambda: lab_net.where(MAC, 0) == "a-br" and lab_net.where(MAC, 100) == "b-ovs")
 
 
 def test_rarp_from_a_vm_port_on_br0_is_dropped_other_frames_pass(lab_net):
@@ -75,15 +59,15 @@ def test_rarp_from_a_vm_port_on_br0_is_dropped_other_frames_pass(lab_net):
 
     guest = _vm_port(lab_net, "b", "vnet7")
     lab_net.teach("a", MAC, None)
-    assert _settle(lambda: lab_net.where(MAC, 0) == "a-br")
+    assert wait_until(lambda: lab_net.where(MAC, 0) == "a-br")
     for _ in range(3):
-        _send(lab_net.hosts["b"].netns, guest, rarp_frame(parse_mac(MAC), None, 0))
+        send_raw(lab_net.hosts["b"].netns, guest, rarp_frame(parse_mac(MAC), None, 0))
     time.sleep(0.5)
     assert lab_net.where(MAC, 0) == "a-br"
     assert lab_net.nft_drops("b") == 3
     # Our announcement on the bridge device itself is not from a vnet port: it moves the MAC.
-    _send(lab_net.hosts["b"].netns, "br0", rarp_frame(parse_mac(MAC), None, 0))
-    assert _settle(lambda: lab_net.where(MAC, 0) == "b-br")
+    send_raw(lab_net.hosts["b"].netns, "br0", rarp_frame(parse_mac(MAC), None, 0))
+    assert wait_until(lambda: lab_net.where(MAC, 0) == "b-br")
 
 
 def test_rarp_from_a_vm_port_on_ovsbr0_is_dropped_tagged_frame_on_local_passes(lab_net):
@@ -92,12 +76,12 @@ def test_rarp_from_a_vm_port_on_ovsbr0_is_dropped_tagged_frame_on_local_passes(l
 
     guest = _vm_port(lab_net, "b", "vm1", ovs_tag=100)
     lab_net.teach("a", MAC, 100)
-    assert _settle(lambda: lab_net.where(MAC, 100) == "a-ovs")
-    _send(lab_net.hosts["b"].netns, guest, rarp_frame(parse_mac(MAC), None, 0))
+    assert wait_until(lambda: lab_net.where(MAC, 100) == "a-ovs")
+    send_raw(lab_net.hosts["b"].netns, guest, rarp_frame(parse_mac(MAC), None, 0))
     time.sleep(0.5)
     assert lab_net.where(MAC, 100) == "a-ovs"
-    _send(lab_net.hosts["b"].netns, "ovsbr0", rarp_frame(parse_mac(MAC), 100, 0))
-    assert _settle(lambda: lab_net.where(MAC, 100) == "b-ovs")
+    send_raw(lab_net.hosts["b"].netns, "ovsbr0", rarp_frame(parse_mac(MAC), 100, 0))
+    assert wait_until(lambda: lab_net.where(MAC, 100) == "b-ovs")
 
 
 def test_close_removes_namespaces_and_ovs(root_netns):
