@@ -17,6 +17,7 @@ import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from rarp_announce.config import DEFAULT_CONTROL_SOCKET, HookConfig
 from rarp_announce.errors import AnnounceError, InputError
 
 DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks"
@@ -31,11 +32,11 @@ _END = "# --- end of settings ---"
 class HookSettings:
     """What the installed hook knows without reading anything at run time."""
 
-    mode: str = "auto"
-    control_socket: str = "/run/rarp-announce/control.sock"
-    handoff_timeout: float = 0.05
-    waiter_timeout: float = 300.0
-    log_file: str = "/var/log/rarp-announce-hook.log"
+    mode: str = HookConfig.mode
+    control_socket: str = DEFAULT_CONTROL_SOCKET
+    handoff_timeout: float = HookConfig.handoff_timeout
+    waiter_timeout: float = HookConfig.waiter_timeout
+    log_file: str = HookConfig.log_file
     python: str = ""
     config: str = ""
     connect: str = ""

@@ -2,7 +2,7 @@
 
 Whatever happens the hook prints nothing on stdout (libvirt would take it as a replacement XML
 on `migrate`) and exits 0 (non-zero aborts the migration). A stand-in daemon speaks the control
-socket protocol (contract 3) on a Unix socket in a temporary directory; a spawned waiter is
+socket protocol on a Unix socket in a temporary directory; a spawned waiter is
 checked for being detached (own session, none of libvirt's pipes) and for ending at its timeout.
 """
 

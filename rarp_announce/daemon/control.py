@@ -1,7 +1,8 @@
 """The control socket: one JSON request line in, one JSON response line out, then close.
 
-Requests (contract shared with the hook): {"op": "ping"}, {"op": "status"},
-{"op": "handoff", "domain": NAME, "uuid": UUID, "xml": DOMAIN_XML, "source": "hook"}.
+Requests (hooks/qemu speaks this too, with the standard library only): {"op": "ping"},
+{"op": "status"}, {"op": "handoff", "domain": NAME, "uuid": UUID, "xml": DOMAIN_XML,
+"source": "hook"}, {"op": "claimed", "uuid": UUID} (does the daemon follow that arrival?).
 A malformed, oversized or slow request gets {"ok": false, "error": "..."}; nothing a client
 sends can stop the daemon.
 """
@@ -22,7 +23,6 @@ from rarp_announce.errors import AnnounceError, InputError
 
 MAX_REQUEST = 4 * 1024 * 1024
 READ_TIMEOUT = 5.0
-DEFAULT_SOCKET = "/run/rarp-announce/control.sock"
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 _log = logging.getLogger("rarp_announce.daemon")

@@ -232,7 +232,7 @@ class Lab:
             process.stop()
 
     def daemon_status(self, host: str, timeout: float = 5.0) -> dict | None:
-        """The daemon's `status` over its control socket (contract 3), or None if it does not answer."""
+        """The daemon's `status` over its control socket, or None if it does not answer."""
         import socket
 
         sock_path, _state = self.daemon_paths(host)

@@ -1,4 +1,4 @@
-"""The control socket (contract 3): hand-off, status, ping, and everything a bad client can send."""
+"""The control socket: hand-off, status, ping, and everything a bad client can send."""
 
 from __future__ import annotations
 
@@ -182,7 +182,7 @@ def test_a_second_daemon_refuses_a_socket_in_use_and_replaces_a_stale_one(lab, t
 
 
 def test_the_real_hook_hands_off_to_the_daemon_which_announces_at_the_resume(lab) -> None:
-    """hooks/qemu as libvirt runs it on `migrate begin`, talking to this daemon (contract 3 end to end)."""
+    """hooks/qemu as libvirt runs it on `migrate begin`, talking to this daemon (the control protocol end to end)."""
     import subprocess
     import sys
 
