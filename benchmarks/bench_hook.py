@@ -15,14 +15,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
+
+from tests.standin import StandIn
 
 ROUNDS = 30
 ENV = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -36,50 +36,6 @@ XML = b"""<domain type='kvm' id='3'>
   </devices>
 </domain>
 """
-
-
-class _Listener:
-    """A control socket that answers every request with {"ok":true}, or (hang) never answers."""
-
-    def __init__(self, path: str, hang: bool) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
-        self.sock.listen(64)
-        self.sock.settimeout(0.1)
-        self.hang = hang
-        self.held: list[socket.socket] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self.stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            if self.hang:
-                self.held.append(conn)
-                continue
-            with conn:
-                data = b""
-                conn.settimeout(1)
-                try:
-                    while not data.endswith(b"\n"):
-                        chunk = conn.recv(1 << 16)
-                        if not chunk:
-                            break
-                        data += chunk
-                    conn.sendall(b'{"ok":true}\n')
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(2)
-        for conn in self.held:
-            conn.close()
-        self.sock.close()
 
 
 def _install(root: Path, name: str, mode: str = "auto") -> tuple[Path, Path]:
@@ -139,14 +95,14 @@ def run() -> list[dict]:
     from rarp_announce.hookinstall import hook_interpreter
 
     root = Path(tempfile.mkdtemp(prefix="rab"))
-    listeners: list[_Listener] = []
+    listeners: list[StandIn] = []
     killed: set[int] = set()
     try:
         up, _ = _install(root, "up")
-        listeners.append(_Listener(str(root / "up.sock"), hang=False))
+        listeners.append(StandIn(str(root / "up.sock")))
         none, none_log = _install(root, "none")
         hung, hung_log = _install(root, "hung")
-        listeners.append(_Listener(str(root / "hung.sock"), hang=True))
+        listeners.append(StandIn(str(root / "hung.sock"), behaviour="hang"))
         real, real_log = _install(root, "real")
         daemon = _start_daemon(root / "real.sock", root / "real-state")
         interpreter = hook_interpreter()

@@ -38,6 +38,25 @@ def topology(root_netns):
 
 
 @pytest.fixture
+def veth(root_netns):
+    """A netns of this test's own holding the veth pair tx <-> rx, both up; yields its name."""
+    from pyroute2 import NetNS, netns
+
+    from rarp_announce.lab.netns import unique
+
+    name = unique("vp")
+    netns.create(name)
+    try:
+        with NetNS(name) as ns:
+            ns.link("add", ifname="tx", kind="veth", peer={"ifname": "rx"})
+            ns.link("set", ifname="tx", state="up")
+            ns.link("set", ifname="rx", state="up")
+        yield name
+    finally:
+        netns.remove(name)
+
+
+@pytest.fixture
 def libvirt_module():
     try:
         import libvirt

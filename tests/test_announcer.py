@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import Iterator
 
 import pytest
 
 from rarp_announce.announcer import Announcer, FrameEvent, Target
 from rarp_announce.frames import rarp_frame
-from rarp_announce.lab.netns import Capture, inside, unique
+from rarp_announce.lab.netns import Capture, inside
 from rarp_announce.mac import parse_mac
 from rarp_announce.schedule import Schedule
 from rarp_announce.transport import DryRunSink, RawSocketSink
@@ -146,21 +145,6 @@ def test_repeat_bursts_are_numbered() -> None:
     assert [(e.burst, e.round) for e in recorder.events] == [(1, 1), (1, 2), (2, 1), (2, 2)]
     assert recorder.events[2].t >= 0.02
 
-
-@pytest.fixture
-def veth(root_netns) -> Iterator[str]:
-    from pyroute2 import NetNS, netns
-
-    name = unique("an")
-    netns.create(name)
-    try:
-        with NetNS(name) as ns:
-            ns.link("add", ifname="tx", kind="veth", peer={"ifname": "rx"})
-            ns.link("set", ifname="tx", state="up")
-            ns.link("set", ifname="rx", state="up")
-        yield name
-    finally:
-        netns.remove(name)
 
 
 def test_a_failing_device_does_not_stop_other_targets(veth: str) -> None:

@@ -8,14 +8,11 @@ checked for being detached (own session, none of libvirt's pipes) and for ending
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,6 +22,7 @@ import pytest
 
 from rarp_announce import hookinstall
 from rarp_announce.hookinstall import HookSettings
+from tests.standin import StandIn
 
 REPO_HOOK = Path(__file__).resolve().parent.parent / "hooks" / "qemu"
 UUID = "4dea22b3-1d52-d8f3-2516-782e98ab3fa0"
@@ -56,77 +54,6 @@ def two_nic_xml(name: str = "guest1", uuid: str = UUID) -> str:
   </devices>
 </domain>
 """
-
-
-@dataclass
-class StandIn:
-    """A daemon stand-in on a Unix socket: records each request line, answers per `behaviour`."""
-
-    path: str
-    behaviour: str = "ok"  # ok | refuse | hang | garbage | slow (answers ok, too late for the hook)
-    requests: list[dict] = field(default_factory=list)
-    raw: list[bytes] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.server.bind(self.path)
-        self.server.listen(16)
-        self.server.settimeout(0.1)
-        self._stop = threading.Event()
-        self._held: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.server.accept()
-            except (socket.timeout, OSError):
-                continue
-            if self.behaviour == "hang":
-                self._held.append(conn)  # accepted, never read, never answered
-                continue
-            with conn:
-                conn.settimeout(2)
-                data = b""
-                try:
-                    while not data.endswith(b"\n") and len(data) <= 4 * 1024 * 1024:
-                        chunk = conn.recv(1 << 20)
-                        if not chunk:
-                            break
-                        data += chunk
-                except OSError:
-                    continue
-                self.raw.append(data)
-                try:
-                    self.requests.append(json.loads(data))
-                except ValueError:
-                    self.requests.append({"unparsable": True})
-                if self.behaviour == "slow":
-                    time.sleep(0.2)
-                    claimed = self.requests[-1].get("op") == "claimed"
-                    answer = b'{"ok":true,"claimed":true}\n' if claimed else b'{"ok":true}\n'
-                    try:
-                        conn.sendall(answer)
-                    except OSError:
-                        pass
-                    continue
-                answer = {
-                    "ok": b'{"ok":true}\n',
-                    "refuse": b'{"ok":false,"error":"state dir is full"}\n',
-                    "garbage": b"\x00\xffnot json at all\n",
-                }[self.behaviour]
-                try:
-                    conn.sendall(answer)
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        self._stop.set()
-        self.thread.join(2)
-        for conn in self._held:
-            conn.close()
-        self.server.close()
 
 
 @dataclass

@@ -9,35 +9,18 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from rarp_announce.errors import DeviceError, InputError
 from rarp_announce.frames import rarp_frame
-from rarp_announce.lab.netns import Capture, inside, unique
+from rarp_announce.lab.netns import Capture, inside
 from rarp_announce.transport import DryRunSink, PcapSink, RawSocketSink, device_state
 from tests.conftest import require
 
 MAC = bytes.fromhex("525400123456")
 
-
-@pytest.fixture
-def veth(root_netns) -> Iterator[str]:
-    """A netns holding veth pair tx <-> rx, both up; yields the netns name."""
-    from pyroute2 import NetNS, netns
-
-    name = unique("tr")
-    netns.create(name)
-    try:
-        with NetNS(name) as ns:
-            ns.link("add", ifname="tx", kind="veth", peer={"ifname": "rx"})
-            ns.link("set", ifname="tx", state="up")
-            ns.link("set", ifname="rx", state="up")
-        yield name
-    finally:
-        netns.remove(name)
 
 
 def ns_run(ns: str, *argv: str) -> subprocess.CompletedProcess:

@@ -233,22 +233,13 @@ class Lab:
 
     def daemon_status(self, host: str, timeout: float = 5.0) -> dict | None:
         """The daemon's `status` over its control socket, or None if it does not answer."""
-        import socket
+        from rarp_announce.daemon.control import request
+        from rarp_announce.errors import AnnounceError
 
         sock_path, _state = self.daemon_paths(host)
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(timeout)
-                sock.connect(str(sock_path))
-                sock.sendall(b'{"op": "status"}\n')
-                data = b""
-                while not data.endswith(b"\n"):
-                    chunk = sock.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-            answer = json.loads(data)
-        except (OSError, ValueError):
+            answer = request(str(sock_path), {"op": "status"}, timeout=timeout)
+        except AnnounceError:
             return None
         return answer.get("status") if answer.get("ok") else None
 
