@@ -38,14 +38,10 @@ class Target:
     def key(self) -> tuple[str, str, int | None]:
         return (self.mac, self.device, self.vlan)
 
-    @property
+    @functools.cached_property
     def frame(self) -> bytes:
-        return _frame(self.mac, self.vlan, self.priority)
-
-
-@functools.lru_cache(maxsize=8192)
-def _frame(mac: str, vlan: int | None, priority: int) -> bytes:
-    return rarp_frame(parse_mac(mac), vlan, priority)
+        """Built on first use and kept: every round of every burst sends these same bytes."""
+        return rarp_frame(parse_mac(self.mac), self.vlan, self.priority)
 
 
 @dataclass(frozen=True)
@@ -95,7 +91,7 @@ class Announcer:
         """Build frames and open devices ahead of time; returns {device: problem} for those not ready."""
         problems: dict[str, str] = {}
         for target in targets:
-            target.frame  # noqa: B018 - fills the frame cache
+            target.frame  # noqa: B018 - builds the frame now, not in the first round
             if target.device in problems:
                 continue
             try:

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from rarp_announce.errors import InputError
+from rarp_announce.hostnet import valid_ifname
 from rarp_announce.mac import normalize_mac
 from rarp_announce.schedule import Schedule
 
 DEFAULT_CONFIG_PATH = "/etc/rarp-announce/config.toml"
 DEFAULT_URI = "qemu:///system"
 DEFAULT_CONTROL_SOCKET = "/run/rarp-announce/control.sock"
+HOOK_MODES = ("auto", "daemon", "standalone")
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; more is a mistake
 
 
@@ -210,7 +212,7 @@ def _hook(table: Mapping[str, Any]) -> HookConfig:
     if "log_file" in table:
         values["log_file"] = _path(table, "log_file", "hook")
     if "mode" in table:
-        values["mode"] = _choice(table, "mode", "hook", ("auto", "daemon", "standalone"))
+        values["mode"] = _choice(table, "mode", "hook", HOOK_MODES)
     for key in ("handoff_timeout", "waiter_timeout"):
         if key in table:
             values[key] = _positive(table[key], f"[hook] {key}")
@@ -299,15 +301,7 @@ def _int_range(value: Any, key: str, low: int, high: int) -> int:
 
 
 def _check_ifname(name: str, where: str) -> None:
-    # The kernel's rules (dev_valid_name): 1..15 bytes, no '/', no whitespace, not . or ..
-    if (
-        not name
-        or len(name.encode()) > 15
-        or "/" in name
-        or ":" in name
-        or any(c.isspace() for c in name)
-        or name in (".", "..")
-    ):
+    if not valid_ifname(name):
         raise InputError(f"{where}: expected a network device name (1..15 characters, no '/', ':' or spaces), got {name!r}")
 
 

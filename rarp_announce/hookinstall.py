@@ -17,13 +17,12 @@ import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from rarp_announce.config import DEFAULT_CONTROL_SOCKET, HookConfig
+from rarp_announce.config import DEFAULT_CONTROL_SOCKET, HOOK_MODES, HookConfig
 from rarp_announce.errors import AnnounceError, InputError
 
 DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks"
 HOOK_NAME = "rarp-announce"
 MARKER = "# rarp-announce-hook:"
-MODES = ("auto", "daemon", "standalone")
 _BEGIN = "# --- settings:"
 _END = "# --- end of settings ---"
 
@@ -44,8 +43,8 @@ class HookSettings:
 
     def check(self) -> None:
         """InputError naming the setting and what it expects."""
-        if self.mode not in MODES:
-            raise InputError(f"invalid --mode {self.mode!r}: expected one of {', '.join(MODES)}")
+        if self.mode not in HOOK_MODES:
+            raise InputError(f"invalid --mode {self.mode!r}: expected one of {', '.join(HOOK_MODES)}")
         for option, value, optional in (
             ("--control-socket", self.control_socket, False),
             ("--log-file", self.log_file, True),
@@ -147,8 +146,6 @@ def render(settings: HookSettings, source: str | None = None, interpreter: str |
     block = [lines[begin]]
     for attribute, variable in _VARIABLES.items():
         value = getattr(settings, attribute)
-        if isinstance(value, tuple):
-            value = tuple(value)
         block.append(f"{variable} = {value!r}\n")
     block.append(lines[end])
     head = f"#!{interpreter} -IS\n"

@@ -37,7 +37,7 @@ def open_connection(uri: str, *, readonly: bool = False) -> "libvirt.virConnect"
     try:
         conn = libvirt.openReadOnly(uri) if readonly else libvirt.open(uri)
     except libvirt.libvirtError as exc:
-        raise AnnounceError(f"cannot connect to libvirt at {uri!r}: {_message(exc)}") from None
+        raise AnnounceError(f"cannot connect to libvirt at {uri!r}: {error_message(exc)}") from None
     if conn is None:  # older bindings returned None instead of raising
         raise AnnounceError(f"cannot connect to libvirt at {uri!r}")
     return conn
@@ -72,7 +72,7 @@ def lookup_domain(conn: "libvirt.virConnect", name_or_uuid: str) -> "libvirt.vir
             return attempt()
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                raise AnnounceError(f"cannot look up domain {name_or_uuid!r}: {_message(exc)}") from None
+                raise AnnounceError(f"cannot look up domain {name_or_uuid!r}: {error_message(exc)}") from None
     raise InputError(
         f"no domain {name_or_uuid!r} at {_uri(conn)}: check the name with virsh -c {_uri(conn)} list --all"
     )
@@ -89,7 +89,7 @@ def resolve_domain(conn: "libvirt.virConnect", name_or_uuid: str, config: Config
     except libvirt.libvirtError as exc:
         if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
             raise InputError(f"domain {name_or_uuid!r} disappeared while being read") from None
-        raise AnnounceError(f"cannot read domain {name_or_uuid!r}: {_message(exc)}") from None
+        raise AnnounceError(f"cannot read domain {name_or_uuid!r}: {error_message(exc)}") from None
     if not active:
         raise InputError(
             f"domain {name_or_uuid!r} is not running ({_STATES.get(state, f'state {state}')}): "
@@ -105,7 +105,8 @@ def _uri(conn: "libvirt.virConnect") -> str:
         return "this libvirt"
 
 
-def _message(exc: Exception) -> str:
+def error_message(exc: Exception) -> str:
+    """A libvirt error as one line."""
     getter = getattr(exc, "get_error_message", None)
     text = (getter() if getter else None) or str(exc)
     return " ".join(text.split())

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,13 +22,12 @@ from rarp_announce.announcer import Announcer, FrameEvent, FrameObserver, Target
 from rarp_announce.arrivals import Step
 from rarp_announce.config import Config
 from rarp_announce.errors import AnnounceError, InputError
+from rarp_announce.pids import wait_gone
+from rarp_announce.virt import error_message
 from rarp_announce.transport import Sink
 
 _log = logging.getLogger("rarp_announce.waiter")
 
-_LIFECYCLE = 0  # VIR_DOMAIN_EVENT_ID_LIFECYCLE
-_RUNNING_POSTCOPY = 10  # VIR_DOMAIN_RUNNING_POSTCOPY
-_RUNNING_UNPAUSED = 5  # VIR_DOMAIN_RUNNING_UNPAUSED
 _UUID_CHARS = frozenset("0123456789abcdef-")
 
 
@@ -64,7 +62,7 @@ def state_step(state: int, reason: int) -> Step | None:
     PARKED: it is paused here (still in the prepare phase, or arrived with VIR_MIGRATE_PAUSED);
     either way the next RESUMED is the arrival. None: anything else (keep waiting for events).
     """
-    if state == arrivals.DOMAIN_RUNNING and reason in (arrivals.RUNNING_MIGRATED, _RUNNING_POSTCOPY, _RUNNING_UNPAUSED):
+    if state == arrivals.DOMAIN_RUNNING and reason in (arrivals.RUNNING_MIGRATED, arrivals.RUNNING_POSTCOPY, arrivals.RUNNING_UNPAUSED):
         # UNPAUSED: it arrived paused and was resumed before we looked; the hook told us it is
         # an incoming migration, so this is still that arrival.
         return Step.ARRIVED
@@ -104,7 +102,7 @@ async def wait_for_arrival(
         except Exception:  # noqa: BLE001 - a bad event must not kill the event loop
             pass
 
-    callback = conn.domainEventRegisterAny(None, _LIFECYCLE, on_lifecycle, None)
+    callback = conn.domainEventRegisterAny(None, arrivals.EVENT_ID_LIFECYCLE, on_lifecycle, None)
     try:
         parked = False
         step = None
@@ -114,7 +112,7 @@ async def wait_for_arrival(
             _log.info("domain %s: found in state %d reason %d", label, state, reason)
         except libvirt.libvirtError as exc:
             if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                return WaitResult("failed", f"cannot look up domain {label}: {_message(exc)}")
+                return WaitResult("failed", f"cannot look up domain {label}: {error_message(exc)}")
             _log.info("domain %s: not defined here yet; waiting for its events", label)
         if step is Step.PARKED:
             parked = True
@@ -162,7 +160,7 @@ async def _announce(
     except AnnounceError as exc:
         return WaitResult("failed", f"domain {label} resumed but cannot be resolved: {exc}")
     except libvirt.libvirtError as exc:
-        return WaitResult("failed", f"domain {label} resumed but its XML cannot be read: {_message(exc)}")
+        return WaitResult("failed", f"domain {label} resumed but its XML cannot be read: {error_message(exc)}")
     for skipped in resolution.skipped:
         _log.info("domain %s: %s %s skipped: %s", label, skipped.kind, skipped.mac or "-", skipped.reason)
     if not resolution.targets:
@@ -228,17 +226,8 @@ async def _retry(
 
 def wait_for_process_exit(pid: int, limit: float = 5.0) -> bool:
     """Poll until `pid` is gone or a zombie (the hook has returned to libvirt); False on timeout."""
-    end = time.monotonic() + limit
-    while time.monotonic() < end:
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as handle:
-                state = handle.read().rpartition(b")")[2].split()[0]
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            return True
-        if state in (b"Z", b"X"):
-            return True
-        time.sleep(0.005)
-    return False
+    # 5 ms polls: the waiter's whole head start on the resume is spent here.
+    return wait_gone(pid, limit, interval=0.005)
 
 
 def run(
@@ -303,9 +292,3 @@ def daemon_took(control_socket: str, uuid: str, *, timeout: float = 1.0) -> bool
         _log.info("could not ask the daemon whether it took the domain (%s): announcing here", exc)
         return False
     return answer.get("ok") is True and answer.get("claimed") is True
-
-
-def _message(exc: Exception) -> str:
-    getter = getattr(exc, "get_error_message", None)
-    text = (getter() if getter else None) or str(exc)
-    return " ".join(text.split())

@@ -22,6 +22,7 @@ import pytest
 
 from rarp_announce import hookinstall
 from rarp_announce.hookinstall import HookSettings
+from rarp_announce.pids import alive
 from tests.standin import StandIn
 
 REPO_HOOK = Path(__file__).resolve().parent.parent / "hooks" / "qemu"
@@ -82,14 +83,6 @@ class Hook:
 
 def spawned_waiters(log: str) -> list[int]:
     return [int(line.split("waiter pid ")[1].split()[0]) for line in log.splitlines() if "standalone waiter pid" in line]
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[0]
-    except (FileNotFoundError, IndexError):
-        return False
-    return state not in (b"Z", b"X")
 
 
 def make_hook(root: Path, **overrides) -> Hook:

@@ -90,6 +90,8 @@ RoundsOpt = Annotated[Optional[int], typer.Option("--rounds", metavar="N", help=
 StepOpt = Annotated[Optional[int], typer.Option("--step", metavar="MS", help="Gap increase per round in ms (QEMU announce-step; default 100).", show_default=False)]
 RepeatOpt = Annotated[Optional[int], typer.Option("--repeat", metavar="N", help="Repeat the whole burst N times, for fabrics that need longer (Nova's workaround; default 1).", show_default=False)]
 RepeatIntervalOpt = Annotated[Optional[float], typer.Option("--repeat-interval", metavar="S", help="Seconds between the starts of two bursts (default 1.0).", show_default=False)]
+ConnectOpt = Annotated[Optional[str], typer.Option("--connect", "-c", metavar="URI", help="libvirt URI. Default: the config's `connect`, else $LIBVIRT_DEFAULT_URI, else qemu:///system.")]
+ConfigOpt = Annotated[Optional[str], typer.Option("--config", metavar="FILE", help="TOML config file. Default: /etc/rarp-announce/config.toml when it exists.")]
 PcapOpt = Annotated[Optional[str], typer.Option("--pcap", help="Write the frames to this pcap file instead of the wire.", metavar="FILE")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print what would be sent and when; send nothing.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line instead of text.")]

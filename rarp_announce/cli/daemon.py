@@ -7,14 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from rarp_announce.cli._common import app, fail
+from rarp_announce.cli._common import ConfigOpt, ConnectOpt, app, fail
 from rarp_announce.errors import AnnounceError
 
 
 @app.command()
 def daemon(
-    connect: Annotated[Optional[str], typer.Option("--connect", "-c", help="libvirt URI to watch (default: config `connect`, $LIBVIRT_DEFAULT_URI, qemu:///system).", metavar="URI")] = None,
-    config: Annotated[Optional[str], typer.Option("--config", help="TOML config file (default: /etc/rarp-announce/config.toml if it exists).", metavar="FILE")] = None,
+    connect: ConnectOpt = None,
+    config: ConfigOpt = None,
     control_socket: Annotated[Optional[str], typer.Option("--control-socket", help="Unix socket for hook hand-offs and `status` (default: [daemon] control_socket, /run/rarp-announce/control.sock).", metavar="PATH")] = None,
     state_dir: Annotated[Optional[str], typer.Option("--state-dir", help="Where announced arrivals are remembered across restarts (default: /var/lib/rarp-announce).", metavar="DIR")] = None,
     metrics: Annotated[Optional[str], typer.Option("--metrics", help="Serve Prometheus metrics on ADDR:PORT, e.g. 127.0.0.1:9477 (default: off).", metavar="ADDR:PORT")] = None,

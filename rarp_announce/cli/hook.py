@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from rarp_announce.cli._common import JsonOpt, app, fail
+from rarp_announce.cli._common import ConfigOpt, ConnectOpt, JsonOpt, app, fail
 from rarp_announce.errors import AnnounceError
 
 hook_app = typer.Typer(
@@ -25,8 +25,6 @@ HooksDirOpt = Annotated[
     str,
     typer.Option("--hooks-dir", help="libvirt's hooks directory (a lab host's private /etc/libvirt/hooks, say).", metavar="DIR"),
 ]
-ConfigOpt = Annotated[Optional[str], typer.Option("--config", help="Config file ([hook] and [schedule] sections).", metavar="FILE", show_default="/etc/rarp-announce/config.toml if it exists")]
-ConnectOpt = Annotated[Optional[str], typer.Option("--connect", "-c", help="libvirt URI of this host, for the standalone waiter.", metavar="URI")]
 
 
 @hook_app.command()

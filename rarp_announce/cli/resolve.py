@@ -9,6 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from rarp_announce.cli._common import (
+    ConfigOpt,
+    ConnectOpt,
     DryRunOpt,
     InitialOpt,
     JsonOpt,
@@ -25,21 +27,6 @@ from rarp_announce.cli._common import (
     schedule_from_options,
 )
 from rarp_announce.errors import AnnounceError, InputError
-
-ConnectOpt = Annotated[
-    Optional[str],
-    typer.Option(
-        "--connect",
-        "-c",
-        help="libvirt URI. Default: the config's `connect`, else $LIBVIRT_DEFAULT_URI, else qemu:///system.",
-        metavar="URI",
-    ),
-]
-ConfigOpt = Annotated[
-    Optional[str],
-    typer.Option("--config", help="Config file. Default: /etc/rarp-announce/config.toml when it exists.", metavar="FILE"),
-]
-
 
 @app.command()
 def targets(

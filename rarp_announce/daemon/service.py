@@ -478,7 +478,7 @@ class Daemon:
                 continue  # paused: still mid-migration or parked; its resume will tell
             if arrival is not None and (arrival.incoming or arrival.parked):
                 pass  # its resume happened while we were disconnected
-            elif arrival is None and reason in (libvirt.VIR_DOMAIN_RUNNING_MIGRATED, libvirt.VIR_DOMAIN_RUNNING_POSTCOPY):
+            elif arrival is None and reason in (arrivals.RUNNING_MIGRATED, arrivals.RUNNING_POSTCOPY):
                 arrival = Arrival(dom.name(), uuid, source="catch-up")
                 xml = self._domain_xml(dom, arrival)
                 if xml is None:
@@ -614,7 +614,7 @@ class Daemon:
             state, reason = dom.state()
         except libvirt.libvirtError:
             return False
-        return state == arrivals.DOMAIN_RUNNING and reason == libvirt.VIR_DOMAIN_RUNNING_MIGRATION_CANCELED
+        return state == arrivals.DOMAIN_RUNNING and reason == arrivals.RUNNING_MIGRATION_CANCELED
 
     def _live_xml(self, arrival: Arrival) -> str | None:
         import libvirt

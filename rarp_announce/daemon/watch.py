@@ -254,13 +254,6 @@ def _close_quietly(conn: Any) -> None:
 
 
 def _default_open(uri: str) -> Any:
-    try:
-        from rarp_announce.virt import open_connection
-    except ImportError:  # resolver module not there yet: same behaviour, inline
-        import libvirt
+    from rarp_announce.virt import open_connection
 
-        try:
-            return libvirt.open(uri)
-        except libvirt.libvirtError as exc:
-            raise AnnounceError(f"cannot connect to libvirt at {uri}: {exc.get_error_message()}") from None
     return open_connection(uri)

@@ -19,7 +19,7 @@ import uuid as uuidlib
 from pathlib import Path
 
 from rarp_announce.errors import AnnounceError
-from rarp_announce.lab.procs import alive
+from rarp_announce.pids import alive
 
 _PRIVATE = ("run", "lib", "log", "cache", "etc")
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from rarp_announce.errors import AnnounceError
-from rarp_announce.lab.procs import alive
+from rarp_announce.pids import alive, wait_gone
 
 SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
 _TIMEOUT = 30.0
@@ -140,13 +140,13 @@ class PrivateOVS:
             self._run(["ovs-appctl", "-t", str(self.rundir / f"{name}.ctl"), *command], timeout=10)
         except OVSError:
             pass
-        if not _wait_gone(pid, 5.0):
+        if not wait_gone(pid, 5.0):
             for sig in (signal.SIGTERM, signal.SIGKILL):
                 try:
                     os.kill(pid, sig)
                 except ProcessLookupError:
                     break
-                if _wait_gone(pid, 3.0):
+                if wait_gone(pid, 3.0):
                     break
 
     def adopt(self) -> "PrivateOVS":
@@ -225,12 +225,3 @@ class PrivateOVS:
                 number, rest = line.split("(", 1)
                 names[number.strip()] = rest.split(")", 1)[0]
         return names
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive(pid):
-            return True
-        time.sleep(0.02)
-    return not alive(pid)

@@ -8,15 +8,7 @@ import signal
 import subprocess
 import time
 
-
-def alive(pid: int) -> bool:
-    """True while `pid` runs; a zombie counts as gone (it only awaits its reaper)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            state = stat.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
+from rarp_announce.pids import alive
 
 
 class Proc:

@@ -480,7 +480,7 @@ class Lab:
 
 def leftovers(made: dict[str, list]) -> list[str]:
     """What of a closed lab's footprint still exists (must be nothing)."""
-    from rarp_announce.lab.procs import alive
+    from rarp_announce.pids import alive
 
     found = []
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()

@@ -225,7 +225,7 @@ def test_demo_interrupted_leaves_nothing_behind():
                 if n.startswith(tag)]
     pids = [int(p) for p in re.findall(r"(?:libvirtd|daemon) (\d+)", text)]
     assert pids
-    from rarp_announce.lab.procs import alive
+    from rarp_announce.pids import alive
 
     assert [p for p in pids if alive(p)] == []
     guest = f"guest=rarp-lab-{demo.pid}"

@@ -57,7 +57,7 @@ def test_learns_each_mac_in_its_vlan_on_its_port(ovs_ns):
 def test_stop_leaves_no_process_and_no_internal_port(ovs_ns):
     from pyroute2 import NetNS
 
-    from rarp_announce.lab.procs import alive
+    from rarp_announce.pids import alive
 
     ns, ovs = ovs_ns
     pids = ovs.pids()

@@ -85,7 +85,7 @@ def test_rarp_from_a_vm_port_on_ovsbr0_is_dropped_tagged_frame_on_local_passes(l
 
 
 def test_close_removes_namespaces_and_ovs(root_netns):
-    from rarp_announce.lab.procs import alive
+    from rarp_announce.pids import alive
     from rarp_announce.lab.topology import LabTopology, make_workdir
 
     require(shutil.which("ovs-vswitchd") is not None, "needs ovs-vswitchd")
