@@ -113,8 +113,8 @@ def _in_process(tmp: Path, ns: str, capture) -> tuple[dict, dict, list[float]]:
     import libvirt
 
     from rarp_announce.config import Config
-    from rarp_announce.daemon.logs import setup_logging
-    from rarp_announce.daemon.service import Daemon
+    from rarp_announce.triggers.daemon.logs import setup_logging
+    from rarp_announce.triggers.daemon.service import Daemon
     from rarp_announce.lab.netns import inside
 
     log_file = open(tmp / "daemon.log", "w")

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.standin import StandIn
+from rarp_announce.lab.standin import StandIn
 
 ROUNDS = 30
 ENV = {"LC_ALL": "C", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -39,7 +39,7 @@ XML = b"""<domain type='kvm' id='3'>
 
 
 def _install(root: Path, name: str, mode: str = "auto") -> tuple[Path, Path]:
-    from rarp_announce.hookinstall import HookSettings, install
+    from rarp_announce.triggers.hookinstall import HookSettings, install
 
     log = root / f"{name}.log"
     settings = HookSettings(
@@ -51,7 +51,7 @@ def _install(root: Path, name: str, mode: str = "auto") -> tuple[Path, Path]:
 
 def _start_daemon(control: Path, state: Path) -> subprocess.Popen | None:
     """A real daemon on libvirt's test driver, or None when it does not come up in 20 s."""
-    from rarp_announce.daemon.control import request
+    from rarp_announce.control import request
     from rarp_announce.errors import AnnounceError
 
     daemon = subprocess.Popen(
@@ -92,7 +92,7 @@ def _kill_new_waiters(log: Path, killed: set[int]) -> None:
 
 
 def run() -> list[dict]:
-    from rarp_announce.hookinstall import hook_interpreter
+    from rarp_announce.triggers.hookinstall import hook_interpreter
 
     root = Path(tempfile.mkdtemp(prefix="rab"))
     listeners: list[StandIn] = []

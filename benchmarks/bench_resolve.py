@@ -31,7 +31,7 @@ def _big_domain(interfaces: int) -> str:
 
 
 def run() -> list[dict]:
-    from rarp_announce import hostnet
+    from rarp_announce.resolve import hostnet
     from rarp_announce.config import Config, load_config
     from rarp_announce.resolve import resolve_xml
 
@@ -72,7 +72,7 @@ def _libvirt_rows(config) -> list[dict]:
         import libvirt  # noqa: F401
     except ImportError:
         return []
-    from rarp_announce.virt import open_connection, resolve_domain
+    from rarp_announce.virt.connection import open_connection, resolve_domain
 
     started = time.perf_counter()
     conn = open_connection("test:///default")

@@ -10,19 +10,26 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from rarp_announce.errors import InputError
-from rarp_announce.hostnet import valid_ifname
+from rarp_announce.names import valid_ifname
 from rarp_announce.mac import normalize_mac
-from rarp_announce.schedule import Schedule
+from rarp_announce.announce.schedule import Schedule
 
 DEFAULT_CONFIG_PATH = "/etc/rarp-announce/config.toml"
 DEFAULT_URI = "qemu:///system"
 DEFAULT_CONTROL_SOCKET = "/run/rarp-announce/control.sock"
+DEFAULT_WAITER_DIR = "/run/rarp-announce/waiters"
 HOOK_MODES = ("auto", "daemon", "standalone")
+HookMode = Literal["auto", "daemon", "standalone"]
+LogFormat = Literal["text", "json"]
+# The hook's whole budget is a few tens of ms: a longer hand-off would delay every migration.
+HANDOFF_TIMEOUT_MAX = 0.5
+WAITER_TIMEOUT_MAX = 86400.0
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; more is a mistake
 
 
@@ -31,7 +38,7 @@ class DaemonConfig:
     control_socket: str = DEFAULT_CONTROL_SOCKET
     state_dir: str = "/var/lib/rarp-announce"
     metrics: str | None = None  # "ADDR:PORT" for the Prometheus endpoint; None: no endpoint
-    log_format: str = "text"  # text | json
+    log_format: LogFormat = "text"
     retry_timeout: float = 60.0  # seconds to keep retrying a target whose device is not ready
     retry_interval: float = 0.5
     device_added_window: float = 300.0
@@ -43,10 +50,32 @@ class DaemonConfig:
 @dataclass(frozen=True)
 class HookConfig:
     control_socket: str = DEFAULT_CONTROL_SOCKET
-    mode: str = "auto"  # auto | daemon | standalone
+    mode: HookMode = "auto"
     handoff_timeout: float = 0.05
     waiter_timeout: float = 300.0
     log_file: str = "/var/log/rarp-announce-hook.log"
+    waiter_dir: str = DEFAULT_WAITER_DIR  # one lock (and the hook's copy of the XML) per waiting domain
+
+
+@dataclass(frozen=True)
+class OvsConfig:
+    db: str | None = None  # OVSDB remote; None: $OVS_RUNDIR/db.sock, else /run/openvswitch/db.sock; "": never read
+    rundir: str | None = None  # where each bridge's BRIDGE.mgmt OpenFlow socket lives; None: $OVS_RUNDIR or /run/openvswitch
+    openflow: dict[str, str] = field(default_factory=dict)  # bridge -> "unix:PATH" | "tcp:HOST:PORT"
+    wiring_timeout: float = 60.0  # seconds an arrival waits for its OVS port to be wired
+
+    def remote(self) -> str | None:
+        """The OVSDB remote to read, or None when OVSDB is not to be read at all."""
+        if self.db == "":
+            return None
+        return self.db or f"unix:{self.run_dir()}/db.sock"
+
+    def run_dir(self) -> str:
+        return self.rundir or os.environ.get("OVS_RUNDIR") or "/run/openvswitch"
+
+    def endpoint(self, bridge: str) -> str:
+        """Where to speak OpenFlow to `bridge`: a configured endpoint, else its management socket."""
+        return self.openflow.get(bridge) or f"unix:{self.run_dir()}/{bridge}.mgmt"
 
 
 @dataclass(frozen=True)
@@ -59,6 +88,7 @@ class Config:
     sysfs_root: str = "/sys"
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     hook: HookConfig = field(default_factory=HookConfig)
+    ovs: OvsConfig = field(default_factory=OvsConfig)
 
 
 def libvirt_uri(cli_value: str | None, config: Config) -> str:
@@ -100,7 +130,7 @@ def load_config(path: str | None) -> Config:
 
 def parse_config(document: Mapping[str, Any]) -> Config:
     """A Config from an already parsed TOML document (the checks of load_config, without the file)."""
-    _only_keys("", document, ("connect", "sysfs_root", "schedule", "uplinks", "ignore", "daemon", "hook"))
+    _only_keys("", document, ("connect", "sysfs_root", "schedule", "uplinks", "ignore", "daemon", "hook", "ovs"))
     connect = _optional_str(document, "connect", "")
     sysfs_root = _str(document, "sysfs_root", "", "/sys")
     if not sysfs_root.startswith("/"):
@@ -114,6 +144,7 @@ def parse_config(document: Mapping[str, Any]) -> Config:
         sysfs_root=sysfs_root,
         daemon=_daemon(_table(document, "daemon")),
         hook=_hook(_table(document, "hook")),
+        ovs=_ovs(_table(document, "ovs")),
     )
 
 
@@ -211,12 +242,52 @@ def _hook(table: Mapping[str, Any]) -> HookConfig:
         values["control_socket"] = _path(table, "control_socket", "hook")
     if "log_file" in table:
         values["log_file"] = _path(table, "log_file", "hook")
+    if "waiter_dir" in table:
+        values["waiter_dir"] = _path(table, "waiter_dir", "hook")
     if "mode" in table:
         values["mode"] = _choice(table, "mode", "hook", HOOK_MODES)
-    for key in ("handoff_timeout", "waiter_timeout"):
-        if key in table:
-            values[key] = _positive(table[key], f"[hook] {key}")
+    if "handoff_timeout" in table:
+        values["handoff_timeout"] = hook_timeout(table["handoff_timeout"], "key [hook] handoff_timeout", HANDOFF_TIMEOUT_MAX)
+    if "waiter_timeout" in table:
+        values["waiter_timeout"] = hook_timeout(table["waiter_timeout"], "key [hook] waiter_timeout", WAITER_TIMEOUT_MAX)
     return dataclasses.replace(defaults, **values)
+
+
+def _ovs(table: Mapping[str, Any]) -> OvsConfig:
+    _only_keys("ovs", table, ("db", "rundir", "openflow", "wiring_timeout"))
+    values: dict[str, Any] = {}
+    if "db" in table:
+        db = table["db"]
+        if not isinstance(db, str) or (db and not _ENDPOINT.match(db)):
+            raise InputError(
+                f'key [ovs] db: expected "unix:/path/db.sock" or "tcp:HOST:PORT", or "" to never read OVSDB, got {_shown(db)}'
+            )
+        values["db"] = db
+    if "rundir" in table:
+        values["rundir"] = _path(table, "rundir", "ovs")
+    if "openflow" in table:
+        endpoints = _table(table, "openflow")
+        for bridge, endpoint in endpoints.items():
+            _check_ifname(bridge, f"key [ovs.openflow] {bridge}: the bridge name")
+            if not isinstance(endpoint, str) or not _ENDPOINT.match(endpoint):
+                raise InputError(
+                    f'key [ovs.openflow] {bridge}: expected "unix:/path/{bridge}.mgmt" or "tcp:HOST:PORT", got {_shown(endpoint)}'
+                )
+        values["openflow"] = dict(endpoints)
+    if "wiring_timeout" in table:
+        values["wiring_timeout"] = _positive(table["wiring_timeout"], "[ovs] wiring_timeout")
+    return OvsConfig(**values)
+
+
+_ENDPOINT = re.compile(r"^(unix:/\S+|tcp:[^\s:]+:[0-9]{1,5}|tcp:\[[0-9a-fA-F:]+\]:[0-9]{1,5})$")
+
+
+def hook_timeout(value: Any, label: str, high: float) -> float:
+    """One check for the hook's timeouts, whether they come from the config or `hook install`."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or not 0 < value <= high):
+        raise InputError(f"{label}: expected a number of seconds, 0 < s <= {high:g}, got {_shown(value)}")
+    return float(value)
 
 
 def _metrics(value: Any) -> str | None:
@@ -225,12 +296,23 @@ def _metrics(value: Any) -> str | None:
         raise InputError(f"key [daemon] metrics: {expected}, got {_shown(value)}")
     if value == "":
         return None
-    address, sep, port = value.rpartition(":")
-    if address.startswith("[") and address.endswith("]"):
-        address = address[1:-1]
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535 or any(c.isspace() for c in address):
-        raise InputError(f"key [daemon] metrics: {expected}, got {value!r}")
+    try:
+        parse_address(value)
+    except InputError:
+        raise InputError(f"key [daemon] metrics: {expected}, got {_shown(value)}") from None
     return value
+
+
+def parse_address(address: str) -> tuple[str, int]:
+    """'ADDR:PORT' (IPv6 as [::1]:9477) -> (addr, port); the one check of a metrics address."""
+    host, sep, port_text = address.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    if (not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536
+            or any(c.isspace() for c in host) or ("[" in host or "]" in host)
+            or (":" in host and not bracketed)):
+        raise InputError(f"invalid metrics address {_shown(address)}: expected ADDR:PORT, e.g. 127.0.0.1:9477 or [::1]:9477")
+    return host, int(port_text)
 
 
 def _table(document: Mapping[str, Any], name: str) -> Mapping[str, Any]:

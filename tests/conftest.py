@@ -63,3 +63,15 @@ def libvirt_module():
     except ImportError:
         require(False, "needs libvirt-python")
     return libvirt
+
+
+@pytest.fixture
+def lab(root_netns, libvirt_module, tmp_path):
+    """A one-host lab for the daemon and the waiter (tests/hostlab.py)."""
+    from tests.hostlab import HostLab
+
+    environment = HostLab(tmp_path)
+    try:
+        yield environment
+    finally:
+        environment.close()

@@ -7,7 +7,7 @@ import pytest
 from rarp_announce import config as config_module
 from rarp_announce.config import Config, DaemonConfig, HookConfig, libvirt_uri, load_config
 from rarp_announce.errors import InputError
-from rarp_announce.schedule import Schedule
+from rarp_announce.announce.schedule import Schedule
 
 FULL = """
 connect = "qemu+ssh://root@hv2/system"
@@ -153,7 +153,14 @@ def test_metrics_empty_string_means_no_endpoint(tmp_path):
         ('[daemon]\nstate_dir = "var/lib"', "key [daemon] state_dir: expected an absolute path, got 'var/lib'"),
         ('[daemon]\nsocket = "/x"', "unknown key [daemon] socket: expected one of control_socket, state_dir, metrics"),
         ('[hook]\nmode = "always"', "key [hook] mode: expected one of auto, daemon, standalone, got 'always'"),
-        ("[hook]\nhandoff_timeout = 0", "key [hook] handoff_timeout: expected a positive number of seconds, got 0"),
+        ("[hook]\nhandoff_timeout = 0", "key [hook] handoff_timeout: expected a number of seconds, 0 < s <= 0.5, got 0"),
+        ("[hook]\nhandoff_timeout = 2", "key [hook] handoff_timeout: expected a number of seconds, 0 < s <= 0.5, got 2"),
+        ('[daemon]\nmetrics = ":9477"', 'key [daemon] metrics: expected "ADDR:PORT"'),
+        ('[daemon]\nmetrics = "::1:9477"', 'key [daemon] metrics: expected "ADDR:PORT"'),
+        ('[ovs]\ndb = "/run/openvswitch/db.sock"', 'key [ovs] db: expected "unix:/path/db.sock" or "tcp:HOST:PORT"'),
+        ('[ovs]\nwiring_timeout = 0', "key [ovs] wiring_timeout: expected a positive number of seconds, got 0"),
+        ('[ovs.openflow]\n"br:1" = "unix:/x"', "key [ovs.openflow] br:1: the bridge name"),
+        ('[ovs.openflow]\nbr-int = "br-int.mgmt"', 'key [ovs.openflow] br-int: expected "unix:/path/br-int.mgmt" or "tcp:HOST:PORT"'),
         ('[hook]\nlog_file = ""', "key [hook] log_file: expected a non-empty string, got ''"),
         ("[hook]\nwaiter = 1", "unknown key [hook] waiter: expected one of control_socket, mode, handoff_timeout"),
     ],

@@ -12,7 +12,7 @@ import pytest
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Padding
 
-from rarp_announce.frames import rarp_frame
+from rarp_announce.announce.frames import rarp_frame
 from rarp_announce.lab.netns import Topology, inside
 from rarp_announce.sniff import SeenFrame, _print, decode
 

@@ -7,7 +7,7 @@ imported inside the commands that need them, so --help and the hook's helpers st
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 
 import typer
@@ -16,7 +16,7 @@ from rarp_announce.errors import AnnounceError
 
 if TYPE_CHECKING:
     from rarp_announce.announcer import FrameEvent, Target
-    from rarp_announce.schedule import Schedule
+    from rarp_announce.announce.schedule import Schedule
     from rarp_announce.transport import Sink
 
 
@@ -101,25 +101,66 @@ def schedule_from_options(base: Schedule | None = None, **given: int | float | N
     """A Schedule from the defaults (or `base`), overridden by the options actually given."""
     import dataclasses
 
-    from rarp_announce.schedule import Schedule
+    from rarp_announce.announce.schedule import Schedule
 
     base = base or Schedule()
     overrides = {name: value for name, value in given.items() if value is not None}
     return dataclasses.replace(base, **overrides)
 
 
-def make_sink(pcap: str | None, dry_run: bool) -> Sink:
-    from rarp_announce import transport
-
-    if pcap and dry_run:
+def make_sink(pcap: str | None, dry_run: bool, config: Config | None = None) -> Sink:
+    """The sink the options ask for: a pcap file, a dry run, or the network."""
+    if pcap is not None and dry_run:
         from rarp_announce.errors import InputError
 
         raise InputError("--pcap and --dry-run exclude each other: choose one")
-    if pcap:
-        return transport.PcapSink(pcap)
+    if pcap is not None:
+        from rarp_announce.transport.pcap import PcapSink
+
+        return PcapSink(pcap)
     if dry_run:
-        return transport.DryRunSink(sys.stdout)
-    return transport.RawSocketSink()
+        from rarp_announce.transport.dryrun import DryRunSink
+
+        return DryRunSink(sys.stdout)
+    from rarp_announce.transport.wire import WireSink
+
+    return WireSink(config.ovs.endpoint if config is not None else None)
+
+
+def frame_tally() -> tuple[Callable[[FrameEvent], None], dict[str, object]]:
+    """An observer counting frames sent and keeping the first failures, and what it counts."""
+    state: dict[str, object] = {"sent": 0, "failures": []}
+
+    def tally(event: FrameEvent) -> None:
+        if event.error:
+            failures = state["failures"]
+            assert isinstance(failures, list)
+            failures.append(f"{_route_word(event.target)} {event.target.route!r}: {event.error}")
+        else:
+            state["sent"] = int(state["sent"]) + 1  # type: ignore[call-overload]
+
+    return tally, state
+
+
+def _route_word(target: Target) -> str:
+    return "device" if target.ovs is None else "OVS port"
+
+
+def summary_line(targets: Sequence[Target], sink: Sink, sent: int, schedule: Schedule) -> str:
+    from rarp_announce.transport.pcap import PcapSink
+
+    routes = sorted({t.route for t in targets})
+    where = f"to {sink.path}" if isinstance(sink, PcapSink) else "on " + ", ".join(routes)
+    return f"announced {len({t.mac for t in targets})} MAC(s) {where}: {sent} frame(s) over {schedule.duration:.3f} s"
+
+
+def report_failures(state: dict[str, object]) -> int:
+    failures = state["failures"]
+    assert isinstance(failures, list)
+    if failures:
+        typer.echo(f"rarp-announce: error: {failures[0]} ({len(failures)} frame(s) failed)", err=True)
+        return 1
+    return 0
 
 
 def run_announcement(
@@ -130,35 +171,28 @@ def run_announcement(
     as_json: bool,
     trigger: str = "cli",
     domain: str | None = None,
+    check: bool = True,
 ) -> int:
-    """Announce `targets` on one schedule, reporting every frame; returns the exit code."""
+    """`send`: check every route (the readiness check), announce on one schedule, report each frame."""
     import asyncio
 
-    from rarp_announce.announcer import Announcer
+    from rarp_announce.announce.engine import Announcer
+    from rarp_announce.cli._report import frame_reporter
     from rarp_announce.errors import DeviceError
-    from rarp_announce.report import frame_reporter
-    from rarp_announce.transport import DryRunSink, PcapSink, emit_line
+    from rarp_announce.resolve.hostnet import device_problems
+    from rarp_announce.transport.dryrun import DryRunSink
+    from rarp_announce.textio import emit_line
 
-    failures: list[str] = []
-    sent = 0
-
-    def tally(event: FrameEvent) -> None:
-        nonlocal sent
-        if event.error:
-            failures.append(f"device {event.target.device!r}: {event.error}")
-        else:
-            sent += 1
-
-    observers = [tally]
-    if as_json:
-        observers.append(frame_reporter(True))
+    tally, state = frame_tally()
+    observers = [tally] + ([frame_reporter()] if as_json else [])
 
     async def _run() -> None:
         announcer = Announcer(sink, observers=observers)
-        problems = announcer.prepare(targets)
+        problems = await device_problems({t.device for t in targets if t.ovs is None}) if check else {}
+        problems.update(await announcer.prepare(t for t in targets if t.route not in problems))
         if problems:
-            device, reason = next(iter(problems.items()))
-            raise DeviceError(device, reason)
+            route, reason = next(iter(problems.items()))
+            raise DeviceError(route, reason)
         announcer.announce(targets, schedule, trigger=trigger, domain=domain)
         await announcer.drain()
 
@@ -169,10 +203,5 @@ def run_announcement(
     finally:
         sink.close()
     if not as_json and not isinstance(sink, DryRunSink):
-        devices = sorted({t.device for t in targets})
-        where = f"to {sink.path}" if isinstance(sink, PcapSink) else "on " + ", ".join(devices)
-        emit_line(sys.stdout, f"announced {len({t.mac for t in targets})} MAC(s) {where}: {sent} frame(s) over {schedule.duration:.3f} s")
-    if failures:
-        typer.echo(f"rarp-announce: error: {failures[0]} ({len(failures)} frame(s) failed)", err=True)
-        return 1
-    return 0
+        emit_line(sys.stdout, summary_line(targets, sink, int(state["sent"]), schedule))  # type: ignore[call-overload]
+    return report_failures(state)

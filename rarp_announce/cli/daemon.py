@@ -37,9 +37,9 @@ def daemon(
     import asyncio
 
     from rarp_announce.config import libvirt_uri, load_config
-    from rarp_announce.daemon.logs import setup_logging
-    from rarp_announce.daemon.metrics import parse_address
-    from rarp_announce.daemon.service import Daemon
+    from rarp_announce.triggers.daemon.logs import setup_logging
+    from rarp_announce.config import parse_address
+    from rarp_announce.triggers.daemon.service import Daemon
 
     try:
         settings = load_config(config)
@@ -74,7 +74,7 @@ def status(
 
     Examples: rarp-announce status ; rarp-announce status --json --control-socket /run/ra-b.sock
     """
-    from rarp_announce.daemon.control import request
+    from rarp_announce.control import request
 
     try:
         if control_socket is None:

@@ -37,6 +37,7 @@ def install(
     log_file: Annotated[Optional[str], typer.Option("--log-file", help='Where the hook and its waiters log; "" for syslog only.', metavar="FILE", show_default="config [hook] log_file")] = None,
     waiter_timeout: Annotated[Optional[float], typer.Option("--waiter-timeout", help="Seconds a waiter waits for the resume.", show_default="config [hook] waiter_timeout (300)")] = None,
     python: Annotated[Optional[str], typer.Option("--python", help="Interpreter that has rarp_announce installed, for the waiter.", metavar="PATH", show_default="this one")] = None,
+    waiter_dir: Annotated[Optional[str], typer.Option("--waiter-dir", help="Where each waiter keeps its lock (one waiter per domain) and the hook leaves it the XML.", metavar="DIR", show_default="config [hook] waiter_dir")] = None,
     single_script: Annotated[bool, typer.Option("--single-script", help="Install as DIR/qemu (libvirt < 6.5 runs only that file); never replaces someone else's.")] = False,
 ) -> None:
     """Install the hook as DIR/qemu.d/rarp-announce, with its settings written into it.
@@ -53,7 +54,7 @@ def install(
     """
     import os
 
-    from rarp_announce import hookinstall
+    from rarp_announce.triggers import hookinstall
     from rarp_announce.config import load_config
 
     try:
@@ -64,6 +65,7 @@ def install(
             handoff_timeout=float(cfg.hook.handoff_timeout),
             waiter_timeout=float(waiter_timeout if waiter_timeout is not None else cfg.hook.waiter_timeout),
             log_file=log_file if log_file is not None else cfg.hook.log_file,
+            waiter_dir=waiter_dir if waiter_dir is not None else cfg.hook.waiter_dir,
             python=python or hookinstall.default_python(),
             config=os.path.abspath(config) if config else "",
             connect=connect or "",
@@ -86,7 +88,7 @@ def uninstall(hooks_dir: HooksDirOpt = "/etc/libvirt/hooks") -> None:
 
     Example: rarp-announce hook uninstall --hooks-dir /etc/libvirt/hooks
     """
-    from rarp_announce import hookinstall
+    from rarp_announce.triggers import hookinstall
 
     try:
         removed = hookinstall.uninstall(hooks_dir)
@@ -106,7 +108,7 @@ def status(hooks_dir: HooksDirOpt = "/etc/libvirt/hooks", json_: JsonOpt = False
 
     Example: rarp-announce hook status --json
     """
-    from rarp_announce import hookinstall
+    from rarp_announce.triggers import hookinstall
 
     report = hookinstall.status(hooks_dir)
     daemon = _daemon_answers(report.settings.control_socket) if report.settings else None
@@ -142,6 +144,7 @@ def wait(
     config: ConfigOpt = None,
     hook_pid: Annotated[Optional[int], typer.Option("--hook-pid", help="Connect to libvirt only once this process (the hook) has exited.")] = None,
     ask_daemon: Annotated[Optional[str], typer.Option("--ask-daemon", metavar="SOCKET", help="First ask the daemon at this control socket whether it took the domain after all (its hand-off answer was late); if so, leave it to the daemon.")] = None,
+    waiter_dir: Annotated[Optional[str], typer.Option("--waiter-dir", metavar="DIR", help="Where this waiter's lock lives (one waiter per domain) and the hook left the domain XML.", show_default="config [hook] waiter_dir")] = None,
 ) -> None:
     """Wait for one incoming domain to resume on this host, announce its vNICs, and exit.
 
@@ -154,7 +157,7 @@ def wait(
     import os
     import time
 
-    from rarp_announce import waiter
+    from rarp_announce.triggers import waiter
     from rarp_announce.config import libvirt_uri, load_config
 
     # stderr is the hook's log file: lines shaped like the hook's own, in UTC.
@@ -162,12 +165,14 @@ def wait(
     formatter.converter = time.gmtime
     handler = logging.StreamHandler()
     handler.setFormatter(formatter)
+    package = logging.getLogger("rarp_announce")  # the waiter's, libvirt watch's and OVSDB's lines alike
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
     log = logging.getLogger("rarp_announce.waiter")
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
     try:
         cfg = load_config(config)
-        result = waiter.run(uuid, name=name, timeout=timeout, uri=libvirt_uri(connect, cfg), config=cfg, hook_pid=hook_pid, ask_daemon=ask_daemon)
+        result = waiter.run(uuid, name=name, timeout=timeout, uri=libvirt_uri(connect, cfg), config=cfg, hook_pid=hook_pid,
+                            ask_daemon=ask_daemon, waiter_dir=waiter_dir)
     except AnnounceError as error:
         # stderr is the hook's log file here: one line, not a second copy through fail()
         log.error("error: %s", error)
@@ -179,7 +184,7 @@ def wait(
 
 
 def _daemon_answers(path: str) -> bool:
-    from rarp_announce.daemon.control import request
+    from rarp_announce.control import request
 
     try:
         return request(path, {"op": "ping"}, timeout=0.5).get("ok") is True

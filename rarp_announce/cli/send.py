@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
@@ -17,20 +17,28 @@ from rarp_announce.cli._common import (
     RoundsOpt,
     StepOpt,
     app,
+    ConfigOpt,
     fail,
     make_sink,
     run_announcement,
     schedule_from_options,
 )
-from rarp_announce.errors import AnnounceError
+from rarp_announce.errors import AnnounceError, InputError
+
+if TYPE_CHECKING:
+    from rarp_announce.config import Config
+    from rarp_announce.model import Target
 
 
 @app.command()
 def send(
     macs: Annotated[list[str], typer.Argument(metavar="MAC", help="vNIC MACs: 52:54:00:12:34:56, 52-54-00-12-34-56, 5254.0012.3456 or 525400123456.", show_default=False)],
-    iface: Annotated[str, typer.Option("--iface", "-i", metavar="DEV", help="Host device the frames leave on (a bridge or uplink, never a guest's vnetX tap).")],
+    iface: Annotated[str, typer.Option("--iface", "-i", metavar="DEV", help="Host device the frames leave on (a Linux bridge or uplink, never a guest's vnetX tap); with --port, the Open vSwitch bridge.")],
     vlan: Annotated[Optional[int], typer.Option("--vlan", metavar="N", help="Tag the frames with this 802.1Q VLAN id (1..4094).")] = None,
     priority: Annotated[int, typer.Option("--priority", metavar="P", help="802.1p priority (0..7) in the tag; needs --vlan.")] = 0,
+    port: Annotated[Optional[str], typer.Option("--port", metavar="PORT", help="Open vSwitch: inject the frames as if the guest's port PORT of bridge --iface sent them (OpenFlow packet-out); an access port tags them itself, so give --vlan only for a trunk port.")] = None,
+    ip: Annotated[Optional[list[str]], typer.Option("--ip", metavar="ADDR", help="Also announce this IPv4 (gratuitous ARP) or IPv6 (unsolicited neighbour advertisement) address of the MAC; repeatable; one MAC only.")] = None,
+    config_path: ConfigOpt = None,
     initial: InitialOpt = None,
     max_: MaxOpt = None,
     rounds: RoundsOpt = None,
@@ -43,7 +51,8 @@ def send(
 ) -> None:
     """Announce MACs on a device now, on QEMU's schedule (0/50/200/450/800 ms by default).
 
-    All MACs share one schedule: every round sends one frame per MAC together.
+    All MACs share one schedule: every round sends one frame per MAC together (with --ip, the
+    RARP first, then one GARP or NA per address).
 
     Examples:
 
@@ -51,23 +60,103 @@ def send(
 
       rarp-announce send 5254.0012.3456 52:54:00:ab:cd:ef --iface bond0 --repeat 3 --json
 
+      rarp-announce send 52:54:00:12:34:56 --iface br0 --ip 192.0.2.10 --ip 2001:db8::10
+
+      rarp-announce send 52:54:00:12:34:56 --iface br-int --port tap1d2e3f4a-5b
+
       rarp-announce send 52:54:00:12:34:56 --iface br0 --pcap /tmp/rarp.pcap
     """
-    from rarp_announce.announcer import Target
-    from rarp_announce.frames import check_vlan
-    from rarp_announce.mac import normalize_mac
+    from rarp_announce.config import load_config
 
     try:
-        targets = [Target(normalize_mac(mac), iface, vlan, "manual", "", priority) for mac in macs]
-        check_vlan(vlan, priority)
+        config = load_config(config_path)
+        targets = _manual_targets(macs, iface, vlan, priority, port, ip or [], config, offline=pcap is not None or dry_run)
         schedule = schedule_from_options(
             initial_ms=initial, max_ms=max_, rounds=rounds, step_ms=step, repeat=repeat, repeat_interval_s=repeat_interval
         )
-        sink = make_sink(pcap, dry_run)
-        code = run_announcement(targets, schedule, sink, as_json=json_)
+        sink = make_sink(pcap, dry_run, config)
+        code = run_announcement(targets, schedule, sink, as_json=json_, check=pcap is None and not dry_run)
     except AnnounceError as error:
         fail(error)
     raise typer.Exit(code)
+
+
+def _manual_targets(macs: list[str], iface: str, vlan: int | None, priority: int, port: str | None,
+                    ips: list[str], config: Config, *, offline: bool) -> list[Target]:
+    """The targets `send` was asked for, refusing any that would teach a switch something false."""
+    from rarp_announce.announce.frames import check_vlan
+    from rarp_announce.ipaddr import parse_ip
+    from rarp_announce.mac import normalize_mac
+    from rarp_announce.model import Address, OvsPort, Target
+    from rarp_announce.names import check_ifname
+
+    check_ifname(iface, "--iface")
+    check_vlan(vlan, priority)
+    normalized = [normalize_mac(mac) for mac in macs]
+    if ips and len(normalized) != 1:
+        raise InputError(f"--ip belongs to one MAC: give a single MAC with --ip (got {len(normalized)} MACs)")
+    addresses = tuple(dict.fromkeys(Address(parse_ip(text), "cli") for text in ips))
+    if port is None:
+        if not offline:
+            _refuse_ovs_bridge(iface, config)
+        return [Target(mac, iface, vlan, "manual", "", priority, addresses=addresses) for mac in normalized]
+    check_ifname(port, "--port")
+    ofport = None if offline else _ovs_port_number(iface, port, config)
+    ovs = OvsPort(iface, port, ofport)
+    return [Target(mac, iface, vlan, "manual", port, priority, ovs=ovs, tagged=vlan is not None,
+                   vlan_source="cli", addresses=addresses) for mac in normalized]
+
+
+def _refuse_ovs_bridge(iface: str, config: Config) -> None:
+    """A frame with a guest's MAC written into an OVS bridge's own port makes OVS learn the guest
+    on the host and deliver the guest's traffic there: refuse it, and say what to do instead."""
+    from rarp_announce.resolve.ovsdb import OvsdbUnavailable, read_once
+
+    remote = config.ovs.remote()
+    if remote is None:
+        return
+    try:
+        snapshot = read_once(remote, timeout=0.5)
+    except OvsdbUnavailable:
+        return  # no Open vSwitch here (or unreadable): the readiness check still refuses its ports
+    if snapshot.is_bridge(iface):
+        raise InputError(
+            f"--iface {iface} is an Open vSwitch bridge: frames written into it make OVS learn the MAC on the "
+            "host's own port; give the guest's port with --port PORT, or announce the domain (rarp-announce domain)"
+        )
+
+
+def _ovs_port_number(bridge: str, port: str, config: Config) -> int:
+    """The OpenFlow number of `port`: from OVSDB, else from the bridge itself."""
+    from rarp_announce.resolve.ovsdb import OvsdbUnavailable, read_once
+
+    remote = config.ovs.remote()
+    if remote is not None:
+        try:
+            info = read_once(remote, timeout=1.0).find_port(name=port)
+        except OvsdbUnavailable:
+            info = None
+        if info is not None:
+            if info.bridge != bridge:
+                raise InputError(f"--port {port} is on OVS bridge {info.bridge}, not {bridge}: fix --iface")
+            if info.ofport is None or info.ofport <= 0:
+                raise AnnounceError(f"OVS port {port} has no OpenFlow port number ({info.error or 'not ready'})")
+            return info.ofport
+    import asyncio
+
+    from rarp_announce.transport.openflow import OpenFlowSink
+
+    async def ask() -> int | None:
+        sink = OpenFlowSink(config.ovs.endpoint)
+        try:
+            return await sink.port_number(bridge, port)
+        finally:
+            sink.close()
+
+    number = asyncio.run(ask())
+    if number is None:
+        raise InputError(f"no port {port} on Open vSwitch bridge {bridge} (check: ovs-vsctl list-ports {bridge})")
+    return number
 
 
 @app.command()

@@ -233,7 +233,7 @@ class Lab:
 
     def daemon_status(self, host: str, timeout: float = 5.0) -> dict | None:
         """The daemon's `status` over its control socket, or None if it does not answer."""
-        from rarp_announce.daemon.control import request
+        from rarp_announce.control import request
         from rarp_announce.errors import AnnounceError
 
         sock_path, _state = self.daemon_paths(host)

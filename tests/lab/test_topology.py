@@ -54,7 +54,7 @@ def test_teach_and_where_per_vlan(lab_net):
 
 
 def test_rarp_from_a_vm_port_on_br0_is_dropped_other_frames_pass(lab_net):
-    from rarp_announce.frames import rarp_frame
+    from rarp_announce.announce.frames import rarp_frame
     from rarp_announce.mac import parse_mac
 
     guest = _vm_port(lab_net, "b", "vnet7")
@@ -71,7 +71,7 @@ def test_rarp_from_a_vm_port_on_br0_is_dropped_other_frames_pass(lab_net):
 
 
 def test_rarp_from_a_vm_port_on_ovsbr0_is_dropped_tagged_frame_on_local_passes(lab_net):
-    from rarp_announce.frames import rarp_frame
+    from rarp_announce.announce.frames import rarp_frame
     from rarp_announce.mac import parse_mac
 
     guest = _vm_port(lab_net, "b", "vm1", ovs_tag=100)

@@ -1,0 +1,409 @@
+"""The arrival table: one entry per domain arriving on this host, one reconcile that acts on it.
+
+Like OVN's announce table (ovn-controller's garp_rarp.c), every trigger (libvirt events in
+the daemon, the hook's waiter, `rarp-announce domain` and `send`) only says what happened:
+`expect` (the prepare phase of an incoming migration), `arrive` (the guest runs here now),
+`reconcile` (something changed: the XML, a device, the OVS database). The table owns the
+rest: resolve, the readiness check, frames and sockets prepared ahead, the first round from
+inside the caller (no await between a resume event and its first frame), retries of routes
+not ready, re-resolution when the XML or a port changes, and a give-up with a reason.
+Reconcile is idempotent: it compares what the resolver says now with what was announced and
+announces the difference, so calling it twice, or from two triggers, never sends twice.
+
+Waiting is event-driven where the host tells us: an OVS port that is not wired yet waits for
+an OVSDB change (`ovs_changed`), with only a deadline timer. A Linux device that is missing
+or down is re-checked every `retry_interval` until `retry_timeout`, as netlink gives no
+cheaper signal for "this name now exists and has carrier" that all sinks share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from rarp_announce.announce.engine import Announcer
+from rarp_announce.config import Config
+from rarp_announce.errors import InputError
+from rarp_announce.model import Resolution, Target, TargetKey
+
+_log = logging.getLogger("rarp_announce.announce")
+
+Phase = Literal["incoming", "parked", "arrived"]
+_REREAD_EVERY = 2.0  # seconds between live-XML re-reads while a Linux device is awaited
+
+
+class Resolver(Protocol):
+    """What the table asks of the resolve stage (resolve.host.HostResolver on a real host)."""
+
+    def live_xml(self, uuid: str) -> str | None: ...
+
+    async def resolve(self, xml: str | bytes) -> Resolution: ...
+
+    async def check(self, targets: Iterable[Target]) -> dict[str, str]: ...
+
+
+class Observer:
+    """Told what the table does; logs, metrics and command-line reports subclass it. No-ops here."""
+
+    def resolved(self, arrival: Arrival, resolution: Resolution) -> None: ...
+
+    def resolve_failed(self, arrival: Arrival, error: str) -> None: ...
+
+    def announced(self, arrival: Arrival, targets: list[Target], trigger: str, latency: float | None) -> None: ...
+
+    def waiting(self, arrival: Arrival, target: Target, reason: str, timeout: float) -> None: ...
+
+    def ready(self, arrival: Arrival, target: Target, waited: float, reason: str) -> None: ...
+
+    def gave_up(self, arrival: Arrival, target: Target, reason: str, after: float) -> None: ...
+
+
+@dataclass(eq=False)
+class Arrival:
+    """One domain's current arrival on this host, as far as the table knows it."""
+
+    uuid: str
+    name: str
+    phase: Phase = "incoming"
+    source: str = "event"  # what told us: event, hook, catch-up, cli, ...
+    identity: str | None = None  # the daemon's ledger key for exactly-once across restarts
+    xml: str | None = None
+    resolution: Resolution | None = None
+    problems: dict[str, str] = field(default_factory=dict)  # route -> why it cannot carry frames now
+    announced: set[TargetKey] = field(default_factory=set)
+    # (MAC, route) -> since (monotonic), reason: by route, so a port that is wired into another
+    # VLAN than its placeholder had still counts as the same wait ending.
+    waiting: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
+    gave_up: dict[TargetKey, str] = field(default_factory=dict)  # target -> the problem it was given up for
+    created: float = field(default_factory=time.monotonic)
+    arrived_at: float | None = None
+    trigger: str = ""
+    seen: float | None = None  # monotonic time the arrival's event reached us (for the latency)
+    preparing: asyncio.Task[bool] | None = None
+    settled: asyncio.Event = field(default_factory=asyncio.Event)
+    _reconciling: bool = False
+    _dirty: bool = False
+    _reread: bool = False
+    _last_reread: float = 0.0
+    _timer: asyncio.TimerHandle | None = None
+
+    @property
+    def prepared(self) -> bool:
+        return self.resolution is not None
+
+    @property
+    def targets(self) -> list[Target]:
+        return self.resolution.targets if self.resolution is not None else []
+
+    def pending(self) -> list[Target]:
+        """Targets of the current resolution not announced yet because their route is not ready."""
+        return [t for t in self.targets if t.key not in self.announced and t.key not in self.gave_up
+                and t.route in self.problems]
+
+
+class ArrivalTable:
+    """Every arrival on this host, and the one reconcile that announces them."""
+
+    def __init__(
+        self,
+        announcer: Announcer,
+        resolver: Resolver,
+        config: Callable[[], Config],
+        *,
+        observers: Iterable[Observer] = (),
+    ) -> None:
+        self.announcer = announcer
+        self.resolver = resolver
+        self._config = config
+        self.observers: list[Observer] = list(observers)
+        self.entries: dict[str, Arrival] = {}
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    # ---- what triggers say -------------------------------------------------------------------
+
+    async def expect(self, uuid: str, name: str, *, xml: str | None = None, source: str = "event",
+                     identity: str | None = None) -> Arrival:
+        """An incoming migration (prepare phase): resolve, check and prepare everything now.
+
+        Replaces any earlier entry of this domain: a new incoming migration is a new arrival.
+        """
+        self.forget(uuid)
+        entry = self.entries[uuid] = Arrival(uuid, name, source=source, identity=identity)
+        entry.preparing = asyncio.ensure_future(self._prepare(entry, xml))
+        await asyncio.wait([entry.preparing])
+        return entry
+
+    def expect_soon(self, uuid: str, name: str, *, xml: str | None = None, source: str = "event",
+                    identity: str | None = None) -> Arrival:
+        """`expect` without waiting for the preparation: for callbacks that must return at once."""
+        self.forget(uuid)
+        entry = self.entries[uuid] = Arrival(uuid, name, source=source, identity=identity)
+        entry.preparing = self._spawn(self._prepare(entry, xml))
+        return entry
+
+    def park(self, uuid: str, name: str | None = None) -> None:
+        """It is here but paused (the prepare phase, or a migration done with VIR_MIGRATE_PAUSED):
+        the arrival is its first resume. With `name`, an arrival not seen before is prepared."""
+        entry = self.entries.get(uuid)
+        if entry is None and name is not None:
+            entry = self.expect_soon(uuid, name, source="event")
+        if entry is not None and entry.phase == "incoming":
+            entry.phase = "parked"
+
+    def arrive(self, uuid: str, name: str, *, trigger: str, seen: float | None = None) -> Arrival | None:
+        """The guest runs here now: the first round of every ready target leaves before this returns.
+
+        None when this arrival was already announced (postcopy, then migrated: one arrival).
+        """
+        entry = self.entries.get(uuid)
+        if entry is None:
+            entry = self.entries[uuid] = Arrival(uuid, name)
+        elif entry.phase == "arrived":
+            return None
+        entry.phase = "arrived"
+        entry.arrived_at = time.monotonic()
+        entry.trigger = trigger
+        entry.seen = seen
+        if entry.prepared and (entry.preparing is None or entry.preparing.done()):
+            ready = [t for t in entry.targets if t.route not in entry.problems]
+            self._announce(entry, ready, trigger)
+        self._spawn(self._after_arrival(entry))
+        return entry
+
+    async def reconcile(self, uuid: str, *, reread: bool = False, trigger: str | None = None,
+                        renew_macs: Iterable[str] = ()) -> None:
+        """Bring an arrived entry in line with what the host says now; safe to call any time.
+
+        `reread` asks libvirt for the live XML first; `renew_macs` announces those MACs again
+        (a vNIC unplugged and plugged back is on a freshly wired port).
+        """
+        entry = self.entries.get(uuid)
+        if entry is None or entry.phase != "arrived":
+            return
+        renew = set(renew_macs)
+        if renew:
+            entry.announced = {key for key in entry.announced if key[0] not in renew}
+            entry.gave_up = {key: why for key, why in entry.gave_up.items() if key[0] not in renew}
+        if entry._reconciling:
+            entry._dirty = True
+            entry._reread |= reread
+            return
+        entry._reconciling = True
+        entry.settled.clear()
+        try:
+            while self.entries.get(uuid) is entry:
+                entry._dirty = False
+                await self._reconcile_once(entry, reread or entry._reread, trigger)
+                reread = entry._reread = False
+                if not entry._dirty:
+                    break
+        finally:
+            entry._reconciling = False
+        if self.entries.get(uuid) is entry:
+            self._schedule(entry)
+
+    def ovs_changed(self) -> None:
+        """The OVS database changed: arrivals with a port not wired, or within their window for
+        a VLAN change, are reconciled (no libvirt call: the XML is the one already known), and
+        arrivals still to come are prepared again with what OVSDB says now."""
+        now = time.monotonic()
+        window = self._config().ovs.wiring_timeout
+        for entry in list(self.entries.values()):
+            if entry.phase != "arrived" and entry.xml is not None and (entry.preparing is None or entry.preparing.done()):
+                entry.preparing = self._spawn(self._prepare(entry, entry.xml))
+                continue
+            if entry.phase != "arrived" or entry.arrived_at is None:
+                continue
+            if now - entry.arrived_at > window or not any(t.ovs is not None for t in entry.targets):
+                continue
+            self._spawn(self.reconcile(entry.uuid, trigger="ovs-change"))
+
+    def forget(self, uuid: str) -> Arrival | None:
+        """The domain left (stopped, migrated away) or is replaced: stop everything for it."""
+        entry = self.entries.pop(uuid, None)
+        if entry is not None:
+            if entry._timer is not None:
+                entry._timer.cancel()
+            if entry.preparing is not None and not entry.preparing.done():
+                entry.preparing.cancel()
+            self.announcer.release(entry.targets)
+            entry.settled.set()
+        return entry
+
+    async def settled(self, uuid: str) -> Arrival | None:
+        """Wait until the arrival has nothing left to wait for (announced, given up or forgotten)."""
+        entry = self.entries.get(uuid)
+        if entry is None:
+            return None
+        await entry.settled.wait()
+        return entry
+
+    def close(self) -> None:
+        for uuid in list(self.entries):
+            self.forget(uuid)
+        for task in list(self._tasks):
+            task.cancel()
+
+    # ---- inside --------------------------------------------------------------------------------
+
+    async def _prepare(self, entry: Arrival, xml: str | None) -> bool:
+        if xml is None:
+            xml = self.resolver.live_xml(entry.uuid)
+            if xml is None:
+                self._notify("resolve_failed", entry, "cannot read the domain's XML from libvirt")
+                return False
+        resolution = await self._resolve(entry, xml)
+        if resolution is None:
+            return False
+        problems = await self._readiness(resolution, resolution.targets)
+        entry.xml, entry.resolution, entry.problems = xml, resolution, problems
+        return True
+
+    async def _after_arrival(self, entry: Arrival) -> None:
+        if entry.preparing is not None and not entry.preparing.done():
+            await asyncio.wait([entry.preparing])
+        if self.entries.get(entry.uuid) is not entry:
+            return
+        # The live XML after the resume is the truth (a network's actual device, a hot-plug
+        # during the migration): re-read it once whether or not the prepare phase was seen.
+        await self.reconcile(entry.uuid, reread=True, trigger=entry.trigger)
+
+    async def _reconcile_once(self, entry: Arrival, reread: bool, trigger: str | None) -> None:
+        xml = entry.xml
+        now = time.monotonic()
+        if reread or (now - entry._last_reread >= _REREAD_EVERY and self._device_waits(entry)):
+            entry._last_reread = now
+            live = self.resolver.live_xml(entry.uuid)
+            if live is not None:
+                xml = live
+        if xml is None:
+            self._notify("resolve_failed", entry, "no domain XML: libvirt is not reachable")
+            return
+        resolution = await self._resolve(entry, xml)
+        if resolution is None:
+            return
+        todo = [t for t in resolution.targets if t.key not in entry.announced and t.key not in entry.gave_up]
+        problems = await self._readiness(resolution, todo)
+        if self.entries.get(entry.uuid) is not entry:
+            return
+        entry.xml, entry.resolution, entry.problems = xml, resolution, problems
+        ready = [t for t in todo if t.route not in problems]
+        first = not entry.announced
+        self._announce(entry, ready, entry.trigger if first else (trigger or "retry"))
+        self._track_waiting(entry, now)
+
+    async def _resolve(self, entry: Arrival, xml: str | bytes) -> Resolution | None:
+        try:
+            resolution = await self.resolver.resolve(xml)
+        except InputError as exc:
+            self._notify("resolve_failed", entry, str(exc))
+            return None
+        if resolution.uuid and resolution.uuid.lower() != entry.uuid.lower():
+            self._notify("resolve_failed", entry, f"the XML's <uuid> {resolution.uuid} is not this domain's")
+            return None
+        if entry.resolution is None or _summary(entry.resolution) != _summary(resolution):
+            self._notify("resolved", entry, resolution)
+        return resolution
+
+    async def _readiness(self, resolution: Resolution, targets: list[Target]) -> dict[str, str]:
+        """The resolver's problems (an OVS port not wired), then the readiness check, then the
+        sink's own preparation: a route that passes all three carries frames at once."""
+        problems = dict(resolution.problems)
+        candidates = [t for t in targets if t.route not in problems]
+        problems.update(await self.resolver.check(candidates))
+        problems.update(await self.announcer.prepare(t for t in candidates if t.route not in problems))
+        return problems
+
+    def _announce(self, entry: Arrival, targets: list[Target], trigger: str) -> None:
+        fresh = [t for t in targets if t.key not in entry.announced]
+        if not fresh:
+            return
+        self.announcer.announce(fresh, self._config().schedule, trigger=trigger, domain=entry.name)
+        now = time.monotonic()
+        # The latency that matters is the arrival's: event -> its first round on the wire.
+        latency = now - entry.seen if entry.seen is not None and not entry.announced else None
+        entry.announced.update(t.key for t in fresh)
+        for target in fresh:
+            waited = entry.waiting.pop((target.mac, target.route), None)
+            if waited is not None:
+                self._notify("ready", entry, target, now - waited[0], waited[1])
+        self._notify("announced", entry, fresh, trigger, latency)
+
+    def _track_waiting(self, entry: Arrival, now: float) -> None:
+        current = {(t.mac, t.route): t for t in entry.pending()}
+        for key in list(entry.waiting):
+            if key not in current:
+                del entry.waiting[key]  # no longer in the resolution (the vNIC was unplugged)
+        for key, target in current.items():
+            reason = entry.problems[target.route]
+            if key not in entry.waiting:
+                entry.waiting[key] = (now, reason)
+                self._notify("waiting", entry, target, reason, self._timeout(target))
+
+    def _timeout(self, target: Target) -> float:
+        config = self._config()
+        return config.ovs.wiring_timeout if target.ovs is not None else config.daemon.retry_timeout
+
+    def _device_waits(self, entry: Arrival) -> bool:
+        resolution_problems = entry.resolution.problems if entry.resolution is not None else {}
+        return any(t.route not in resolution_problems for t in entry.pending())
+
+    def _schedule(self, entry: Arrival) -> None:
+        """Set the one timer of an entry: the next device re-check, or the earliest give-up."""
+        if entry._timer is not None:
+            entry._timer.cancel()
+            entry._timer = None
+        pending = entry.pending()
+        if not pending:
+            entry.settled.set()
+            return
+        entry.settled.clear()
+        assert entry.arrived_at is not None
+        deadline = min(entry.arrived_at + self._timeout(t) for t in pending)
+        due = deadline
+        if self._device_waits(entry):
+            due = min(due, time.monotonic() + self._config().daemon.retry_interval)
+        loop = asyncio.get_running_loop()
+        entry._timer = loop.call_at(loop.time() + max(0.0, due - time.monotonic()), self._wake, entry)
+
+    def _wake(self, entry: Arrival) -> None:
+        entry._timer = None
+        if self.entries.get(entry.uuid) is not entry:
+            return
+        now = time.monotonic()
+        assert entry.arrived_at is not None
+        for target in entry.pending():
+            timeout = self._timeout(target)
+            if now >= entry.arrived_at + timeout:
+                reason = entry.problems.get(target.route, "not ready")
+                entry.gave_up[target.key] = reason
+                entry.waiting.pop((target.mac, target.route), None)
+                self._notify("gave_up", entry, target, reason, timeout)
+        self._spawn(self.reconcile(entry.uuid, trigger="retry"))
+
+    def _notify(self, method: str, *args: object) -> None:
+        for observer in self.observers:
+            try:
+                getattr(observer, method)(*args)
+            except Exception:  # a broken log sink or metric must never stop an announcement
+                _log.exception("arrival observer %r failed in %s", observer, method)
+
+    def _spawn(self, coroutine: Awaitable[object]) -> asyncio.Task[object]:
+        task: asyncio.Task[object] = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[object]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.error("arrival task failed", exc_info=task.exception())
+
+
+def _summary(resolution: Resolution) -> tuple[object, ...]:
+    return (tuple(resolution.targets), tuple(resolution.skipped), tuple(sorted(resolution.problems.items())),
+            tuple(resolution.notes))

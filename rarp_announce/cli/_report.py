@@ -1,0 +1,44 @@
+"""How frames that left are shown to a script: one JSON object per frame."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import TextIO
+
+from rarp_announce.model import FrameEvent
+from rarp_announce.textio import emit_line
+
+
+def frame_record(event: FrameEvent) -> dict[str, object]:
+    """The JSON shape of one frame: {"t", "mac", "device", "vlan", "round", "burst", "type", ...}."""
+    target = event.target
+    record: dict[str, object] = {
+        "t": round(event.t, 6),
+        "mac": target.mac,
+        "device": target.device,
+        "vlan": target.vlan,
+        "round": event.round,
+        "burst": event.burst,
+        "type": event.type,
+    }
+    if target.ovs is not None:
+        record["port"] = target.ovs.name
+        record["ofport"] = target.ovs.ofport
+    if event.address is not None:
+        record["ip"] = event.address
+    if event.domain is not None:
+        record["domain"] = event.domain
+    if event.error is not None:
+        record["error"] = event.error
+    return record
+
+
+def frame_reporter(stream: TextIO | None = None) -> Callable[[FrameEvent], None]:
+    out = stream or sys.stdout
+
+    def report(event: FrameEvent) -> None:
+        emit_line(out, json.dumps(frame_record(event)))
+
+    return report

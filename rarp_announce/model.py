@@ -1,0 +1,173 @@
+"""The types every stage shares: what to announce (Target), what was not (Skipped), what one
+domain resolves to (Resolution), and what left the host (FrameEvent).
+
+Nothing here does I/O or imports another stage, so triggers, the resolver, the announcer and
+the transports all speak these types without importing one another.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+Kind = Literal[
+    "bridge", "openvswitch", "network", "direct", "hostdev", "ethernet", "vhostuser", "manual"
+]
+"""Where a target came from: the libvirt interface type, `openvswitch` for any vNIC on an OVS
+bridge, `manual` for `rarp-announce send`."""
+
+VlanSource = Literal["xml", "ovsdb", "cli"]
+"""Who said which VLAN the MAC lives in: the domain XML, the OVS database, or the operator."""
+
+AddressSource = Literal["metadata", "config", "lease", "arp", "agent", "cli"]
+"""Who said the guest has an IP address: the domain's <metadata>, the config file, libvirt's
+DHCP leases, the host's ARP table, the guest agent, or the operator."""
+
+FrameType = Literal["rarp", "garp", "na"]
+
+TargetKey = tuple[str, str, "int | None"]
+"""(MAC, route, VLAN): a target asked for twice while its schedule runs joins that schedule."""
+
+
+@dataclass(frozen=True)
+class Address:
+    """One IP address of a vNIC, in canonical text form, and who reported it."""
+
+    ip: str
+    source: AddressSource
+
+    @property
+    def version(self) -> int:
+        return ipaddress.ip_address(self.ip).version
+
+    def record(self) -> dict[str, str]:
+        return {"ip": self.ip, "source": self.source}
+
+
+@dataclass(frozen=True)
+class OvsPort:
+    """The guest's own port on an Open vSwitch bridge: frames are injected as if it sent them."""
+
+    bridge: str
+    name: str  # the OVS Interface name (libvirt's <target dev>, or the vhost-user port)
+    ofport: int | None  # its OpenFlow port number (the packet-out's in_port); None until known
+
+
+@dataclass(frozen=True)
+class Target:
+    """One announcement destination: this MAC, reaching the network through this route, in this VLAN.
+
+    For a Linux device `device` is where a packet socket writes the frame, tagged with `vlan`.
+    For an OVS port (`ovs` set) `device` is the bridge and the frame enters through the guest's
+    port; `tagged` False means the port is an access port that adds `vlan` itself, so the frame
+    leaves untagged, exactly as the guest would send it.
+    """
+
+    mac: str  # lower-case, colon-separated
+    device: str
+    vlan: int | None = None
+    kind: Kind = "manual"
+    interface: str = ""  # the vNIC's target dev or alias, for people reading logs
+    priority: int = 0
+    ovs: OvsPort | None = None
+    tagged: bool = True
+    vlan_source: VlanSource = "xml"
+    addresses: tuple[Address, ...] = ()
+
+    @property
+    def route(self) -> str:
+        """Where frames enter the network: a device name, or `bridge:port` for an OVS port."""
+        return self.device if self.ovs is None else f"{self.ovs.bridge}:{self.ovs.name}"
+
+    @property
+    def key(self) -> TargetKey:
+        return (self.mac, self.route, self.vlan)
+
+    @property
+    def frame_vlan(self) -> int | None:
+        """The 802.1Q tag written into the frame (None: untagged)."""
+        return self.vlan if self.tagged else None
+
+    def record(self) -> dict[str, object]:
+        """The JSON shape of one target (`targets --json`, status)."""
+        entry: dict[str, object] = {
+            "mac": self.mac,
+            "device": self.device,
+            "vlan": self.vlan,
+            "kind": self.kind,
+            "interface": self.interface,
+        }
+        if self.ovs is not None:
+            entry.update(port=self.ovs.name, ofport=self.ovs.ofport, tagged=self.tagged)
+        if self.vlan is not None:
+            entry["vlan_source"] = self.vlan_source
+        entry["addresses"] = [address.record() for address in self.addresses]
+        return entry
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A vNIC that gets no announcement, and why."""
+
+    mac: str | None
+    kind: str
+    interface: str
+    reason: str
+
+    def record(self) -> dict[str, object]:
+        return {"mac": self.mac, "kind": self.kind, "interface": self.interface, "reason": self.reason}
+
+
+@dataclass
+class Resolution:
+    """Everything one domain XML says about where to announce, and what stops it now."""
+
+    targets: list[Target] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    problems: dict[str, str] = field(default_factory=dict)  # route -> why it cannot carry frames now
+    domain: str | None = None
+    uuid: str | None = None
+    notes: list[str] = field(default_factory=list)  # resolution-wide remarks (OVSDB unreachable, ...)
+
+    @property
+    def ready(self) -> list[Target]:
+        """The targets whose route can carry frames now."""
+        return [t for t in self.targets if t.route not in self.problems]
+
+    def record(self) -> dict[str, object]:
+        """The JSON shape of `rarp-announce targets --json`."""
+        targets = []
+        for target in self.targets:
+            entry = target.record()
+            if target.route in self.problems:
+                entry["problem"] = self.problems[target.route]
+            targets.append(entry)
+        result: dict[str, object] = {"targets": targets, "skipped": [s.record() for s in self.skipped]}
+        if self.notes:
+            result["notes"] = list(self.notes)
+        return result
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One prebuilt frame of a target: its RARP, or a GARP / NA for one of its addresses."""
+
+    type: FrameType
+    data: bytes
+    address: str | None = None
+
+
+@dataclass(frozen=True)
+class FrameEvent:
+    """One frame that left (error None) or could not (error says why)."""
+
+    t: float  # seconds since its announcement started
+    target: Target
+    burst: int
+    round: int
+    trigger: str
+    domain: str | None
+    error: str | None = None
+    type: FrameType = "rarp"
+    address: str | None = None

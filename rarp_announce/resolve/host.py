@@ -1,0 +1,125 @@
+"""Resolving on this host: a domain's live XML from libvirt, its OVS ports from OVSDB, and the
+one readiness check of every route. The arrival pipeline asks this; so do the commands.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from rarp_announce.config import Config
+from rarp_announce.errors import AnnounceError
+from rarp_announce.model import Resolution, Target
+from rarp_announce.resolve import hostnet
+from rarp_announce.resolve.interfaces import OvsLookup, resolve_xml
+
+if TYPE_CHECKING:
+    from rarp_announce.resolve.ovsdb import OvsdbView
+
+_log = logging.getLogger("rarp_announce.resolve")
+
+OpenFlowPort = Callable[[str, str], Awaitable["int | None"]]
+"""(bridge, port name) -> the port's OpenFlow number, asked of the bridge itself."""
+
+
+class HostResolver:
+    """Turns a domain XML into targets with this host's knowledge; every method is safe on the loop.
+
+    `connection` returns the current libvirt connection (or None while there is none): it
+    answers the live XML and network bridges. `ovs` is the daemon's monitored OVSDB replica.
+    `openflow_port` finds a port's number when OVSDB cannot be read. The commands pass a
+    one-shot OVSDB snapshot as `ovs` (or `ovs_error`, why there is none).
+    """
+
+    def __init__(
+        self,
+        config: Callable[[], Config],
+        *,
+        connection: Callable[[], Any] = lambda: None,
+        ovs: OvsdbView | OvsLookup | None = None,
+        ovs_error: str | None = None,
+        openflow_port: OpenFlowPort | None = None,
+    ) -> None:
+        self._config = config
+        self._connection = connection
+        self.ovs = ovs
+        self.ovs_error = ovs_error
+        self._openflow_port = openflow_port
+
+    def live_xml(self, uuid: str) -> str | None:
+        """The domain's live XML now, or None when libvirt is not reachable or the domain is gone."""
+        import libvirt
+
+        conn = self._connection()
+        if conn is None:
+            return None
+        try:
+            return conn.lookupByUUIDString(uuid).XMLDesc(0)  # type: ignore[no-any-return]
+        except libvirt.libvirtError:
+            return None
+
+    async def resolve(self, xml: str | bytes) -> Resolution:
+        """Targets for `xml` as this host sees them now; InputError for an unusable document."""
+        lookup, down = self._ovs_lookup()
+        network_bridge = None
+        conn = self._connection()
+        if conn is not None:
+            from rarp_announce.virt.connection import network_bridge_lookup
+
+            network_bridge = network_bridge_lookup(conn)
+        resolution = resolve_xml(xml, self._config(), network_bridge=network_bridge, ovs=lookup, ovs_down=down)
+        await self._fill_ofports(resolution)
+        return resolution
+
+    async def check(self, targets: Iterable[Target]) -> dict[str, str]:
+        """The readiness check: {route: why it cannot carry frames now} for routes that cannot.
+
+        A Linux device is asked of netlink; an OVS port's wiring was judged by the resolution
+        and its bridge's OpenFlow connection is checked by the sink when it prepares.
+        """
+        devices = {t.device for t in targets if t.ovs is None}
+        return await hostnet.device_problems(devices) if devices else {}
+
+    def _ovs_lookup(self) -> tuple[OvsLookup | None, str | None]:
+        if self._config().ovs.remote() is None:
+            return None, None  # the operator said this host has no OVSDB to read: no remark
+        if self.ovs is None:
+            return None, self.ovs_error or "no connection to it"
+        if getattr(self.ovs, "connected", True) is False:  # a live view that lost its server
+            return None, getattr(self.ovs, "last_error", None) or "not connected"
+        return self.ovs, None
+
+    async def _fill_ofports(self, resolution: Resolution) -> None:
+        """Without OVSDB, ask each bridge for the guest port's number (OpenFlow port list)."""
+        missing = [t for t in resolution.targets if t.ovs is not None and t.ovs.ofport is None
+                   and t.route not in resolution.problems]
+        if not missing:
+            return
+        found: dict[tuple[str, str], int | str] = {}
+        for target in missing:
+            assert target.ovs is not None
+            key = (target.ovs.bridge, target.ovs.name)
+            if key in found:
+                continue
+            found[key] = f"no port {key[1]} on OVS bridge {key[0]} (asked over OpenFlow)"
+            if self._openflow_port is not None:
+                try:
+                    number = await self._openflow_port(*key)
+                except AnnounceError as exc:
+                    found[key] = getattr(exc, "reason", str(exc))
+                else:
+                    if number is not None:
+                        found[key] = number
+        replaced = []
+        for target in resolution.targets:
+            if target in missing:
+                assert target.ovs is not None
+                number = found[(target.ovs.bridge, target.ovs.name)]
+                if isinstance(number, str):
+                    resolution.problems[target.route] = number
+                else:
+                    target = dataclasses.replace(target, ovs=dataclasses.replace(target.ovs, ofport=number))
+            replaced.append(target)
+        resolution.targets = replaced

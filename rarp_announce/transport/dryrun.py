@@ -1,0 +1,54 @@
+"""Prints each frame that would leave, with its time since the first one; sends nothing."""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from rarp_announce.model import Target
+from rarp_announce.textio import emit_line
+
+_TYPES = {0x8035: "rarp", 0x0806: "garp", 0x86DD: "na"}
+
+
+class DryRunSink:
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._stream = stream or sys.stdout
+        self._start: float | None = None
+
+    async def prepare(self, target: Target, frames: Sequence[bytes]) -> None:
+        pass
+
+    def send(self, target: Target, frame: bytes) -> None:
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        vlan = target.vlan if target.vlan is not None else "-"
+        where = target.device if target.ovs is None else f"{target.device} in_port={target.ovs.ofport if target.ovs.ofport is not None else '?'} ({target.ovs.name})"
+        kind, address = _describe(frame)
+        what = kind if address is None else f"{kind} {address}"
+        untagged = " untagged" if target.ovs is not None and not target.tagged and target.vlan is not None else ""
+        emit_line(
+            self._stream,
+            f"dry-run +{now - self._start:7.3f}s  {where:<15} vlan {vlan!s:<4}{untagged}  {target.mac}  "
+            f"{what}  {len(frame)} bytes (not sent)",
+        )
+
+    def close(self) -> None:
+        pass
+
+
+def _describe(frame: bytes) -> tuple[str, str | None]:
+    offset = 16 if frame[12:14] == b"\x81\x00" else 12
+    (ethertype,) = struct.unpack_from("!H", frame, offset)
+    kind = _TYPES.get(ethertype, f"ethertype {ethertype:#06x}")
+    body = offset + 2
+    if kind == "garp":
+        return kind, str(ipaddress.IPv4Address(frame[body + 14 : body + 18]))
+    if kind == "na":
+        return kind, str(ipaddress.IPv6Address(frame[body + 48 : body + 64]))
+    return kind, None

@@ -1,0 +1,52 @@
+"""The network itself: a packet socket for a Linux device, an OpenFlow packet-out for an OVS port.
+
+A vNIC on Open vSwitch must be announced as if the guest sent the frame from its own port: a
+frame written into the bridge's internal port would teach OVS that the guest sits on the host
+(REFERENCE: OVS learns the MAC on LOCAL and delivers the guest's traffic to the host). So the
+route is chosen by the target itself, never by a fallback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from rarp_announce.model import Target
+from rarp_announce.transport.raw import RawSocketSink
+
+if TYPE_CHECKING:
+    from rarp_announce.transport.openflow import OpenFlowSink
+
+
+class WireSink:
+    """Sends each target's frames the way its route needs; one connection per device or bridge."""
+
+    def __init__(self, openflow_endpoint: Callable[[str], str] | None = None) -> None:
+        self.raw = RawSocketSink()
+        self._endpoint = openflow_endpoint
+        self._openflow: OpenFlowSink | None = None
+
+    @property
+    def openflow(self) -> OpenFlowSink:
+        if self._openflow is None:
+            from rarp_announce.transport.openflow import OpenFlowSink, default_endpoint
+
+            self._openflow = OpenFlowSink(self._endpoint or default_endpoint)
+        return self._openflow
+
+    async def prepare(self, target: Target, frames: Sequence[bytes]) -> None:
+        if target.ovs is None:
+            await self.raw.prepare(target, frames)
+        else:
+            await self.openflow.prepare(target, frames)
+
+    def send(self, target: Target, frame: bytes) -> None:
+        if target.ovs is None:
+            self.raw.send(target, frame)
+        else:
+            self.openflow.send(target, frame)
+
+    def close(self) -> None:
+        self.raw.close()
+        if self._openflow is not None:
+            self._openflow.close()

@@ -1,0 +1,108 @@
+"""The daemon's log: one line per announced target (domain, MAC, device, VLAN, trigger), text or JSON.
+
+Lines go to stderr, which systemd's journal stamps and keeps; JSON lines suit log shippers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import TextIO
+
+from rarp_announce.announce.arrivals import Arrival, Observer
+from rarp_announce.errors import InputError
+from rarp_announce.model import Resolution, Target
+
+LOGGER = "rarp_announce.daemon"
+FORMATS = ("text", "json")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": round(record.created, 6),
+            "level": record.levelname.lower(),
+            "msg": record.getMessage(),
+        }
+        line.update(getattr(record, "fields", {}))
+        return json.dumps(line, separators=(",", ":"))
+
+
+class _TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        text = f"{stamp}.{int(record.msecs):03d}Z {record.levelname.lower()} {record.getMessage()}"
+        fields = getattr(record, "fields", {})
+        if fields:
+            text += " " + " ".join(f"{key}={_text_value(value)}" for key, value in fields.items())
+        return text
+
+
+def _text_value(value: object) -> str:
+    text = "-" if value is None else str(value)
+    return json.dumps(text) if (" " in text or not text) else text
+
+
+def setup_logging(log_format: str, stream: TextIO | None = None) -> logging.Logger:
+    if log_format not in FORMATS:
+        raise InputError(f"invalid log format {log_format!r}: expected text or json")
+    # Every module logs under the package's logger (resolve, transport, announce, daemon):
+    # one handler there gives the daemon one format for all of them.
+    package = logging.getLogger("rarp_announce")
+    for handler in list(package.handlers):
+        package.removeHandler(handler)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(_JsonFormatter() if log_format == "json" else _TextFormatter())
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    package.propagate = False
+    return logging.getLogger(LOGGER)
+
+
+def log_event(logger: logging.Logger, level: int, message: str, **fields: object) -> None:
+    logger.log(level, message, extra={"fields": fields})
+
+
+def log_announcement(logger: logging.Logger, target: Target, *, domain: str | None, trigger: str) -> None:
+    fields: dict[str, object] = dict(domain=domain, mac=target.mac, device=target.device, vlan=target.vlan,
+                                     kind=target.kind, interface=target.interface or None, trigger=trigger)
+    if target.ovs is not None:
+        fields.update(port=target.ovs.name, ofport=target.ovs.ofport, vlan_source=target.vlan_source)
+    if target.addresses:
+        fields["addresses"] = ",".join(address.ip for address in target.addresses)
+    log_event(logger, logging.INFO, "announce", **fields)
+
+
+class LogObserver(Observer):
+    """One line per announced MAC, and one per problem: what it is, and what happens next."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self.log = logger
+
+    def resolved(self, arrival: Arrival, resolution: Resolution) -> None:
+        for skipped in resolution.skipped:
+            log_event(self.log, logging.INFO, "not announced", domain=arrival.name, mac=skipped.mac,
+                      kind=skipped.kind, interface=skipped.interface, reason=skipped.reason)
+        for note in resolution.notes:
+            log_event(self.log, logging.WARNING, "note", domain=arrival.name, note=note)
+
+    def resolve_failed(self, arrival: Arrival, error: str) -> None:
+        log_event(self.log, logging.ERROR, "cannot resolve domain", domain=arrival.name, error=error)
+
+    def announced(self, arrival: Arrival, targets: list[Target], trigger: str, latency: float | None) -> None:
+        for target in targets:
+            log_announcement(self.log, target, domain=arrival.name, trigger=trigger)
+
+    def waiting(self, arrival: Arrival, target: Target, reason: str, timeout: float) -> None:
+        log_event(self.log, logging.WARNING, "not ready; waiting", domain=arrival.name, mac=target.mac,
+                  route=target.route, vlan=target.vlan, reason=reason, timeout=timeout)
+
+    def ready(self, arrival: Arrival, target: Target, waited: float, reason: str) -> None:
+        log_event(self.log, logging.INFO, "ready", domain=arrival.name, mac=target.mac, route=target.route,
+                  vlan=target.vlan, waited=round(waited, 3), was=reason)
+
+    def gave_up(self, arrival: Arrival, target: Target, reason: str, after: float) -> None:
+        log_event(self.log, logging.ERROR, "gave up", domain=arrival.name, mac=target.mac, route=target.route,
+                  vlan=target.vlan, reason=reason, after=after)

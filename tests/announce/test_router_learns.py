@@ -1,0 +1,129 @@
+"""REFERENCE section 10's recipe, end to end: a Linux router learns `IP lladdr MAC` from exactly
+one garp_frame and one na_frame, sent with a plain packet socket from a neighbouring netns.
+
+The kernel is an independent receiver: it checks the ICMPv6 checksum and hop limit (RFC 4861
+7.1.2) and the ARP fields, so a neighbour entry proves the frames are right on the wire.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from rarp_announce.announce.frames import garp_frame, na_frame
+from rarp_announce.lab.netns import inside, send_raw, unique, wait_until
+from rarp_announce.mac import parse_mac
+from tests.conftest import require
+
+DEV = "r0"  # the router's side of the veth
+UPLINK = "g0"  # the guest host's side, where frames are written
+MAC = "52:54:00:ab:cd:ef"
+ROUTER_V4 = "192.0.2.1/24"
+ROUTER_V6 = "2001:db8:1::1/64"
+GUEST_V4 = "192.0.2.10"
+GUEST_V6 = "2001:db8:1::10"
+GUEST_LL = "fe80::5054:ff:feab:cdef"
+LEARN_TIMEOUT = 5.0
+
+
+def _ip(*argv: str) -> str:
+    result = subprocess.run(["ip", *argv], capture_output=True, text=True, timeout=10)
+    assert result.returncode == 0, f"ip {' '.join(argv)}: {result.stderr.strip()}"
+    return result.stdout
+
+
+@dataclass(frozen=True)
+class Lab:
+    router: str
+    guest: str
+
+    def neighbours(self) -> dict[str, tuple[str, str]]:
+        """{IP: (lladdr, state)} of the router's neighbour table on DEV, as `ip neigh` shows it."""
+        table: dict[str, tuple[str, str]] = {}
+        for line in _ip("-n", self.router, "neigh", "show", "dev", DEV).splitlines():
+            words = line.split()
+            if len(words) >= 4 and words[1] == "lladdr":
+                table[words[0]] = (words[2].lower(), words[-1])
+        return table
+
+    def learned(self, ip: str) -> bool:
+        return self.neighbours().get(ip, ("", ""))[0] == MAC
+
+    def send(self, frame: bytes) -> None:
+        send_raw(self.guest, UPLINK, frame)
+
+
+@pytest.fixture
+def lab(root_netns: None) -> Iterator[Lab]:
+    """A router netns and a guest-host netns joined by a veth; both removed whatever happens."""
+    require(
+        os.path.exists("/proc/sys/net/ipv6/conf/all/accept_untracked_na"),
+        "needs net.ipv6.conf.*.accept_untracked_na (Linux 5.18 or later)",
+    )
+    router, guest = unique("rt"), unique("gh")
+    made: list[str] = []
+    try:
+        for name in (router, guest):
+            _ip("netns", "add", name)
+            made.append(name)
+        _ip("-n", router, "link", "add", DEV, "type", "veth", "peer", "name", UPLINK, "netns", guest)
+        # The recipe: accept unsolicited ARP (arp_accept) and untracked NA (accept_untracked_na),
+        # and be a router on DEV, without which the kernel ignores an untracked NA.
+        with inside(router):
+            for path in (
+                f"/proc/sys/net/ipv4/conf/{DEV}/arp_accept",
+                f"/proc/sys/net/ipv6/conf/{DEV}/accept_untracked_na",
+                f"/proc/sys/net/ipv6/conf/{DEV}/forwarding",
+            ):
+                with open(path, "w") as knob:
+                    knob.write("1")
+        _ip("-n", router, "addr", "add", ROUTER_V4, "dev", DEV)
+        # nodad: the address is usable at once instead of tentative for a second or so.
+        _ip("-n", router, "-6", "addr", "add", ROUTER_V6, "dev", DEV, "nodad")
+        _ip("-n", router, "link", "set", DEV, "up")
+        _ip("-n", guest, "link", "set", UPLINK, "up")
+        yield Lab(router, guest)
+    finally:
+        for name in reversed(made):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+
+
+def test_router_learns_ipv4_and_ipv6_from_one_garp_and_one_na(lab: Lab) -> None:
+    assert GUEST_V4 not in lab.neighbours() and GUEST_V6 not in lab.neighbours()
+    mac = parse_mac(MAC)
+    lab.send(garp_frame(mac, ipaddress.ip_address(GUEST_V4).packed))
+    lab.send(na_frame(mac, ipaddress.ip_address(GUEST_V6).packed))
+    assert wait_until(lambda: lab.learned(GUEST_V4) and lab.learned(GUEST_V6), timeout=LEARN_TIMEOUT), lab.neighbours()
+    table = lab.neighbours()
+    # Learned from an announcement, never confirmed: STALE (until the router talks to it).
+    assert table[GUEST_V4] == (MAC, "STALE")
+    assert table[GUEST_V6] == (MAC, "STALE")
+    shown = _ip("-n", lab.router, "neigh", "show", "dev", DEV)
+    assert f"{GUEST_V4} lladdr {MAC}" in shown
+    assert f"{GUEST_V6} lladdr {MAC}" in shown
+
+
+def test_router_learns_a_link_local_address(lab: Lab) -> None:
+    lab.send(na_frame(parse_mac(MAC), ipaddress.ip_address(GUEST_LL).packed))
+    assert wait_until(lambda: lab.learned(GUEST_LL), timeout=LEARN_TIMEOUT), lab.neighbours()
+
+
+def test_router_drops_an_na_it_must_not_trust_and_keeps_ours(lab: Lab) -> None:
+    mac = parse_mac(MAC)
+    bad_checksum = bytearray(na_frame(mac, ipaddress.ip_address("2001:db8:1::66").packed))
+    bad_checksum[57] ^= 0xFF
+    routed = bytearray(na_frame(mac, ipaddress.ip_address("2001:db8:1::67").packed))
+    routed[21] = 64  # hop limit: RFC 4861 7.1.2, an NA that may have crossed a router
+    lab.send(bytes(bad_checksum))
+    lab.send(bytes(routed))
+    lab.send(na_frame(mac, ipaddress.ip_address(GUEST_V6).packed))
+    # One veth queue, processed in order: once ours is learned, the two before it were handled.
+    assert wait_until(lambda: lab.learned(GUEST_V6), timeout=LEARN_TIMEOUT), lab.neighbours()
+    table = lab.neighbours()
+    assert "2001:db8:1::66" not in table
+    assert "2001:db8:1::67" not in table

@@ -1,0 +1,149 @@
+"""A one-host lab for the daemon: a host netns with bridges br0 (uplink to a switch netns) and
+br1 (a veth whose far end `cap1` we capture on), the libvirt test driver, and helpers to run a
+Daemon in-process inside that netns and check captured frames with scapy."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import Callable, Coroutine, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+FAST = dict(initial_ms=5, max_ms=20, rounds=3, step_ms=5)  # sends at 0, 5, 15 ms
+ROUNDS = FAST["rounds"]
+
+
+def domain_xml(name: str, nics: Iterable[tuple[str, str, int | None, str | None]], uuid: str | None = None) -> str:
+    """A test-driver domain; each nic is (mac, bridge, vlan or None, alias or None)."""
+    parts = []
+    for mac, bridge, vlan, alias in nics:
+        tag = f"<vlan><tag id='{vlan}'/></vlan>" if vlan is not None else ""
+        alias_xml = f"<alias name='{alias}'/>" if alias else ""
+        parts.append(
+            f"<interface type='bridge'><mac address='{mac}'/><source bridge='{bridge}'/>{tag}{alias_xml}</interface>"
+        )
+    uuid_xml = f"<uuid>{uuid}</uuid>" if uuid else ""
+    return (
+        f"<domain type='test'><name>{name}</name>{uuid_xml}<memory>65536</memory><os><type>hvm</type></os>"
+        f"<devices>{''.join(parts)}</devices></domain>"
+    )
+
+
+def decode(frame: bytes) -> tuple[str, int | None]:
+    """(source MAC, VLAN) of a captured frame, after checking every field with scapy and every byte."""
+    from scapy.layers.l2 import ARP, Dot1Q, Ether
+    from scapy.packet import bind_layers
+
+    from rarp_announce.announce.frames import rarp_frame
+    from rarp_announce.mac import parse_mac
+
+    bind_layers(Ether, ARP, type=0x8035)
+    bind_layers(Dot1Q, ARP, type=0x8035)
+    packet = Ether(frame)
+    vlan = packet[Dot1Q].vlan if Dot1Q in packet else None
+    arp = packet[ARP]
+    assert packet.dst == "ff:ff:ff:ff:ff:ff"
+    assert (arp.hwtype, arp.ptype, arp.hwlen, arp.plen, arp.op) == (1, 0x0800, 6, 4, 3)
+    assert arp.hwsrc == arp.hwdst == packet.src
+    assert arp.psrc == arp.pdst == "0.0.0.0"
+    assert frame == rarp_frame(parse_mac(packet.src), vlan)
+    return packet.src, vlan
+
+
+def tally(captured) -> collections.Counter:
+    return collections.Counter(decode(c.frame) for c in captured)
+
+
+class HostLab:
+    def __init__(self, tmp_path: Path) -> None:
+        from rarp_announce.lab.netns import Topology
+
+        self.tmp = tmp_path
+        self.topo = Topology(hosts=("a",))
+        self.ns = self.topo.ns["a"]
+        try:
+            self.add_bridge("br1", "cap1")
+        except BaseException:
+            self.topo.close()
+            raise
+
+    def add_bridge(self, bridge: str, capture_end: str, *, up: bool = True) -> None:
+        """A bridge in the host netns whose only port is a veth; its peer `capture_end` sees the flood."""
+        from pyroute2 import NetNS
+
+        with NetNS(self.ns) as host:
+            host.link("add", ifname=bridge, kind="bridge", br_stp_state=0)
+            host.link("add", ifname=f"p{capture_end}", kind="veth", peer={"ifname": capture_end})
+            index = host.link_lookup(ifname=bridge)[0]
+            host.link("set", ifname=f"p{capture_end}", master=index, state="up")
+            host.link("set", ifname=capture_end, state="up")
+            if up:
+                host.link("set", ifname=bridge, state="up")
+
+    def capture(self, device: str = "br0"):
+        """A capture of what leaves on host device br0 (seen on the switch port) or on capture end `device`."""
+        from rarp_announce.lab.netns import Capture
+
+        if device == "br0":
+            return self.topo.capture("switch", "port_a")
+        return Capture(self.ns, device)
+
+    def run(self, scenario: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+        """Run an asyncio scenario with this thread inside the host netns (the daemon's sockets live there)."""
+        from rarp_announce.lab.netns import inside
+
+        with inside(self.ns):
+            return asyncio.run(scenario())
+
+    def config(self, **daemon: Any):
+        from rarp_announce.config import Config, DaemonConfig
+        from rarp_announce.announce.schedule import Schedule
+
+        settings = dict(retry_timeout=1.0, retry_interval=0.05, device_added_window=300.0)
+        settings.update(daemon)
+        return Config(schedule=Schedule(**FAST), daemon=DaemonConfig(**settings))
+
+    def daemon(self, config=None, *, name: str = "d", **kwargs: Any):
+        from rarp_announce.triggers.daemon.service import Daemon
+
+        return Daemon(
+            config or self.config(),
+            uri="test:///default",
+            control_socket=str(self.tmp / f"{name}.sock"),
+            state_dir=str(self.tmp / f"{name}-state"),
+            **kwargs,
+        )
+
+    def close(self) -> None:
+        self.topo.close()
+
+
+@contextlib.asynccontextmanager
+async def running(daemon):
+    """A started daemon plus a second test-driver connection (the test's own "virsh") that keeps
+    the in-process test driver's domains alive while the daemon's connection comes and goes."""
+    import libvirt
+
+    await daemon.start()
+    holder = libvirt.open("test:///default")
+    try:
+        yield holder
+    finally:
+        await daemon.stop()
+        holder.close()
+
+
+def lifecycle(daemon, dom, event: int, detail: int) -> None:
+    """Deliver an event exactly as libvirt does: through the daemon's registered callback."""
+    daemon.on_lifecycle(daemon.watcher.conn, dom, event, detail, None)
+
+
+async def settle(daemon, seconds: float = 0.05) -> None:
+    """Let prepare steps run and every schedule in flight finish."""
+    await asyncio.sleep(seconds)
+    await daemon.announcer.drain()
