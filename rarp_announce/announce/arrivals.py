@@ -168,7 +168,9 @@ class ArrivalTable:
         entry.arrived_at = time.monotonic()
         entry.trigger = trigger
         entry.seen = seen
-        if entry.prepared and (entry.preparing is None or entry.preparing.done()):
+        if entry.prepared:
+            # What was prepared last, even if a newer preparation is under way (an OVSDB change
+            # re-prepares): the reconcile below announces whatever that one adds.
             ready = [t for t in entry.targets if t.route not in entry.problems]
             self._announce(entry, ready, trigger)
         self._spawn(self._after_arrival(entry))

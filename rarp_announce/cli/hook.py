@@ -153,22 +153,10 @@ def wait(
 
     Example: rarp-announce hook wait --uuid 4dea22b3-1d52-d8f3-2516-782e98ab3fa0 --timeout 60
     """
-    import logging
-    import os
-    import time
-
-    from rarp_announce.triggers import waiter
     from rarp_announce.config import libvirt_uri, load_config
+    from rarp_announce.triggers import waiter
 
-    # stderr is the hook's log file: lines shaped like the hook's own, in UTC.
-    formatter = logging.Formatter(f"%(asctime)s rarp-announce waiter[{os.getpid()}]: %(message)s", "%Y-%m-%dT%H:%M:%SZ")
-    formatter.converter = time.gmtime
-    handler = logging.StreamHandler()
-    handler.setFormatter(formatter)
-    package = logging.getLogger("rarp_announce")  # the waiter's, libvirt watch's and OVSDB's lines alike
-    package.addHandler(handler)
-    package.setLevel(logging.INFO)
-    log = logging.getLogger("rarp_announce.waiter")
+    log = waiter.setup_logging()
     try:
         cfg = load_config(config)
         result = waiter.run(uuid, name=name, timeout=timeout, uri=libvirt_uri(connect, cfg), config=cfg, hook_pid=hook_pid,

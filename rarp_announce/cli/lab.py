@@ -15,8 +15,10 @@ lab_app = typer.Typer(
     help=(
         "A real two-host live-migration lab on this machine: a VLAN-aware Open vSwitch 'physical "
         "switch', two hypervisor hosts (network namespaces, each with its own libvirtd, Linux "
-        "bridge and OVS bridge), a guest with two vNICs, and our announcer. QEMU's own RARPs are "
-        "dropped, so the switch only moves the guest's MACs if our frames arrive.\n\n"
+        "bridge and OVS bridge), a client sending to the guest, a guest with two vNICs, and our "
+        "announcer. QEMU's own RARPs are lost (dropped on the Linux bridge, and on OVS the port is "
+        "wired late, from the dead VLAN 4095), so the guest is reachable again only because of our "
+        "frames.\n\n"
         "Examples:\n\n"
         "  rarp-announce lab demo                 # the whole story, then clean up\n\n"
         "  rarp-announce lab up --mode hook       # build it and leave it running\n\n"
@@ -29,13 +31,20 @@ app.add_typer(lab_app, name="lab")
 
 ModeOpt = Annotated[str, typer.Option("--mode", help="Who announces: daemon (rarp-announce daemon per host), hook (only the libvirt hook), both (daemon + hook hand-off), cli (the lab runs `rarp-announce domain`), none (control: nothing moves).")]
 TcgOpt = Annotated[bool, typer.Option("--tcg", help="Use TCG even when /dev/kvm works.")]
+QemuRarpOpt = Annotated[str, typer.Option("--qemu-rarp", help="drop: QEMU's own RARPs are dropped on the Linux bridge (an unwired port); keep: they pass (both announcers at work).")]
+WiringOpt = Annotated[str, typer.Option("--wiring", help="late: the OVS port is plugged dead (VLAN 4095) and wired --rewire-delay s after the resume, as in OpenStack; immediate: wired during the migration.")]
+DelayOpt = Annotated[float, typer.Option("--rewire-delay", help="Seconds after the resume at which a late port is wired.", min=0.0, max=60.0)]
 
 
-def _check_mode(mode: str) -> None:
+def _check_mode(mode: str, qemu_rarp: str = "drop", wiring: str = "late") -> None:
     from rarp_announce.lab.session import MODES
 
     if mode not in MODES:
         raise InputError(f"--mode {mode!r}: expected one of {', '.join(MODES)}")
+    if qemu_rarp not in ("drop", "keep"):
+        raise InputError(f"--qemu-rarp {qemu_rarp!r}: expected drop or keep")
+    if wiring not in ("late", "immediate"):
+        raise InputError(f"--wiring {wiring!r}: expected late or immediate")
 
 
 def _check_root() -> None:
@@ -48,20 +57,23 @@ def _say(text: str) -> None:
 
 
 @lab_app.command()
-def up(mode: ModeOpt = "daemon", tcg: TcgOpt = False) -> None:
+def up(mode: ModeOpt = "daemon", tcg: TcgOpt = False, qemu_rarp: QemuRarpOpt = "drop", wiring: WiringOpt = "late",
+       rewire_delay: DelayOpt = 2.0) -> None:
     """Build the lab and leave it running (state in /tmp/rarp-announce-lab.json).
 
     Example: rarp-announce lab up --mode daemon && rarp-announce lab migrate
     """
-    from rarp_announce.lab.session import STATE_FILE, Lab, interrupt_as_exception
+    from rarp_announce.lab.session import STATE_FILE, Lab
+    from rarp_announce.lab.teardown import interrupt_as_exception
 
     interrupt_as_exception()
     try:
-        _check_mode(mode)
+        _check_mode(mode, qemu_rarp, wiring)
         _check_root()
         if STATE_FILE.exists():
             raise AnnounceError(f"a lab is already up ({STATE_FILE}): run `rarp-announce lab down` first")
-        lab = Lab(mode, kvm=False if tcg else None, narrate=_say)
+        lab = Lab(mode, kvm=False if tcg else None, narrate=_say, qemu_rarp=qemu_rarp,  # type: ignore[arg-type]
+                  wiring=wiring, rewire_delay=rewire_delay)  # type: ignore[arg-type]
         lab.up()
         lab.save()
     except AnnounceError as error:
@@ -83,7 +95,8 @@ def migrate(count: Annotated[int, typer.Option("--count", "-n", help="Migrations
     Example: rarp-announce lab migrate --count 4
     """
     from rarp_announce.lab.demo import migration_story
-    from rarp_announce.lab.session import STATE_FILE, Lab, interrupt_as_exception
+    from rarp_announce.lab.session import STATE_FILE, Lab
+    from rarp_announce.lab.teardown import interrupt_as_exception
 
     interrupt_as_exception()
     failed = 0
@@ -136,22 +149,26 @@ def demo(
     migrations: Annotated[int, typer.Option("--migrations", "-n", help="How many migrations.", min=1, max=100)] = 3,
     mode: ModeOpt = "daemon",
     tcg: TcgOpt = False,
+    qemu_rarp: QemuRarpOpt = "drop",
+    wiring: WiringOpt = "late",
+    rewire_delay: DelayOpt = 2.0,
 ) -> None:
     """Build the lab, migrate a few times telling what happens and why, then clean up.
 
     Example: rarp-announce lab demo --migrations 4 --mode hook
     """
     from rarp_announce.lab.demo import run_demo
-    from rarp_announce.lab.session import interrupt_as_exception
+    from rarp_announce.lab.teardown import interrupt_as_exception
 
     try:
-        _check_mode(mode)
+        _check_mode(mode, qemu_rarp, wiring)
         _check_root()
     except AnnounceError as error:
         fail(error)
     interrupt_as_exception()
     try:
-        code = run_demo(migrations, mode, kvm=False if tcg else None)
+        code = run_demo(migrations, mode, kvm=False if tcg else None, qemu_rarp=qemu_rarp, wiring=wiring,
+                        rewire_delay=rewire_delay)
     except (AnnounceError, OSError, RuntimeError) as error:
         fail(AnnounceError(f"lab demo failed: {error}"))
     raise typer.Exit(code)

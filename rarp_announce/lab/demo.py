@@ -6,7 +6,8 @@ import sys
 import time
 from collections.abc import Callable
 
-from rarp_announce.lab.session import NOMINAL_MS, Lab, Migration, summary
+from rarp_announce.lab.migration import NOMINAL_MS, Migration, summary
+from rarp_announce.lab.session import Lab
 
 Write = Callable[[str], None]
 
@@ -19,17 +20,22 @@ for that, but they are lost when the new port is not wired yet, and QEMU sends n
 SR-IOV or vhost-user NICs. rarp-announce sends them itself, from the destination host, the
 moment the guest resumes there, on the right bridge and VLAN.
 
-In this demo QEMU's own RARPs are DROPPED on each host (as on an unwired port), so when the
-switch moves the VM's MACs to the new host's port, our frames alone did it.
+In this demo QEMU's own RARPs are lost on each host, as on a port that is not wired yet: an
+nft rule drops them on the Linux bridge, and the guest's Open vSwitch port is plugged "dead"
+(VLAN 4095) and wired into its VLAN a few seconds after the guest resumed, as OpenStack does.
+So when the switch moves the VM's MACs to the new host's port, our frames alone did it. A
+client behind the switch sends the guest a frame every millisecond: the guest is back when
+those frames reach its tap on the new host.
 """
 
 
-def _fdb_lines(entries: list[tuple[str, int, str]], lab: Lab) -> list[str]:
+def _fdb_lines(entries: list[tuple[str, str]], lab: Lab) -> list[str]:
+    assert lab.topology is not None
     owner = {port: host for host, net in lab.topology.hosts.items() for port in net.switch_ports.values()}
     lines = []
     for mac in lab.guest.macs:
-        found = [(port, vlan) for port, vlan, learned in entries if learned == mac]
-        where = ", ".join(f"port {p} (host {owner.get(p, '?')}) VLAN {v}" for p, v in found) or "not learned"
+        found = [port for port, learned in entries if learned == mac]
+        where = ", ".join(f"port {p} (host {owner.get(p, '?')})" for p in found) or "not learned"
         lines.append(f"      {mac}  ->  {where}")
     return lines
 
@@ -39,8 +45,11 @@ def migration_story(m: Migration, lab: Lab, write: Write) -> None:
     for line in _fdb_lines(m.fdb_before, lab):
         write(line)
     write(f"    live migration took {m.duration:.2f} s; the guest RESUMED on host {m.destination}")
-    write(f"    QEMU sent its own {m.qemu_frames} RARPs into host {m.destination}'s bridges: all dropped there "
-          "(nft on br0, an OpenFlow rule on ovsbr0)")
+    write(f"    QEMU sent its own {m.qemu_frames} RARPs into host {m.destination}'s bridges: lost there "
+          "(nft on br0; the dead VLAN on ovsbr0)")
+    if m.rewiring is not None and m.rewiring.wired_at is not None and m.resumed is not None:
+        write(f"    the wiring agent moved OVS port {m.rewiring.port} from VLAN 4095 into its VLAN "
+              f"{(m.rewiring.wired_at - m.resumed):.2f} s after the resume")
     if not m.frames:
         write("    our frames at the switch: NONE (the announcer did not send)")
     else:
@@ -61,6 +70,14 @@ def migration_story(m: Migration, lab: Lab, write: Write) -> None:
         write(line)
     verdict = "MOVED to the destination's ports" if all(m.moved[k] == v for k, v in m.expected.items()) else "NOT MOVED"
     write(f"    => every MAC {verdict}" if verdict.startswith("MOVED") else f"    => {verdict}: {m.moved}")
+    for nic in m.nics.values():
+        where = f"learned on {nic.bridge_port}" if nic.bridge_port else "not learned (flooded)"
+        reached = f"{m.traffic_ms(nic.mac):.1f} ms after RESUMED" if nic.delivered is not None else "NEVER"
+        guest_port = "the guest's port" if nic.on_guest_port else "NOT the guest's port"
+        write(f"    {nic.mac} on host {m.destination}'s {nic.bridge}: {where} ({guest_port}); "
+              f"client traffic reached the guest's tap {nic.tap}: {reached}")
+    if m.traffic_after_wiring_ms is not None:
+        write(f"    OVS vNIC: traffic reached the guest {m.traffic_after_wiring_ms:.1f} ms after its port was wired")
     if m.lag_resumed_ms is not None:
         write(f"    our first frame at the switch: {m.lag_resumed_ms:+.1f} ms vs the RESUMED event (as the lab's "
               "libvirt client saw it)")
@@ -68,7 +85,8 @@ def migration_story(m: Migration, lab: Lab, write: Write) -> None:
         write(f"    on host {m.destination}: our first frame left {m.lag_qemu_host_ms:+.1f} ms after QEMU's own first RARP")
 
 
-def run_demo(migrations: int = 3, mode: str = "daemon", *, write: Write | None = None, kvm: bool | None = None) -> int:
+def run_demo(migrations: int = 3, mode: str = "daemon", *, write: Write | None = None, kvm: bool | None = None,
+             qemu_rarp: str = "drop", wiring: str = "late", rewire_delay: float = 2.0) -> int:
     """Build the lab, migrate back and forth `migrations` times telling what happens, clean up."""
     def default_write(text: str) -> None:
         print(text, flush=True)
@@ -85,14 +103,15 @@ def run_demo(migrations: int = 3, mode: str = "daemon", *, write: Write | None =
            "hook": "only our libvirt hook on each host (a standalone waiter per migration, no daemon)",
            "both": "our daemon on each host, and our hook handing each arrival to it",
            "cli": "the lab itself, running `rarp-announce domain` at the resume",
-           "none": "nobody (control run: the MACs must NOT move)"}[mode]
+           "none": "nobody (control run: the guest must stay unreachable)"}[mode]
     headings = {
-        "network": (1, "Building the network: a VLAN-aware switch and two hypervisor hosts (network namespaces)"),
+        "network": (1, "Building the network: a switch, a client and two hypervisor hosts (network namespaces)"),
         "libvirtd": (2, "Starting a real libvirtd on each host (the first start probes QEMU: ~8 s)"),
         "announcer": (3, f"The announcer: {who}"),
         "guest": (4, "Starting the guest on host a"),
     }
-    lab = Lab(mode, kvm=kvm, narrate=lambda text: write(f"      {text}"), phase=lambda name: step(*headings[name]))
+    lab = Lab(mode, kvm=kvm, narrate=lambda text: write(f"      {text}"), phase=lambda name: step(*headings[name]),
+              qemu_rarp=qemu_rarp, wiring=wiring, rewire_delay=rewire_delay)  # type: ignore[arg-type]
     failures = 0
     try:
         lab.up()
@@ -123,7 +142,8 @@ def _bar(done: int, total: int, width: int = 20) -> str:
 
 def _summary(lab: Lab, write: Write) -> None:
     ok = sum(m.ok for m in lab.migrations)
-    write(f"Summary: {ok} of {len(lab.migrations)} migrations moved every MAC on the switch from our frames alone.")
+    write(f"Summary: after {ok} of {len(lab.migrations)} migrations, traffic reached the guest on its new host "
+          "because of our frames alone.")
     stats = summary(lab.migrations)
 
     def fmt(key: str) -> str:
@@ -134,6 +154,9 @@ def _summary(lab: Lab, write: Write) -> None:
     write(f"  our first frame after QEMU's own first:   median {fmt('lag_qemu_host_ms_median')}, max {fmt('lag_qemu_host_ms_max')}"
           " (both seen on the destination host)")
     write(f"  our frames vs QEMU's 0/50/200/450/800 ms: median |offset| {fmt('offset_ms_median')}, max {fmt('offset_ms_max')}")
+    write(f"  client traffic reaching the guest after RESUMED: median {fmt('traffic_ms_median')}, max {fmt('traffic_ms_max')}")
+    write(f"  ... after its OVS port was wired (late):   median {fmt('traffic_after_wiring_ms_median')}, "
+          f"max {fmt('traffic_after_wiring_ms_max')}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
 """The lab guest: no disk, 64 MiB, two vNICs (Linux bridge br0, and OVS ovsbr0 in VLAN 100).
 
 It sits in firmware (no bootable device) and migrates in about two seconds. Option ROMs are
-off so iPXE sends nothing: the only frames carrying its MACs are announcements.
+off so iPXE sends nothing: the only frames carrying its MACs are announcements. As with
+OpenStack's Neutron, the OVS vNIC's VLAN is not in the domain XML: the lab's wiring agent
+sets it on the port in OVSDB (agent.py).
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def _interface(nic: Nic) -> str:
     extra = ""
     if nic.ovs:
         extra += "\n      <virtualport type='openvswitch'/>"
-    if nic.vlan:
+    if nic.vlan and not nic.ovs:
         extra += f"\n      <vlan><tag id='{nic.vlan}'/></vlan>"
     return f"""
     <interface type='bridge'>

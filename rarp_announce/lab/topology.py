@@ -1,20 +1,31 @@
 """The lab's network: a VLAN-aware 'physical switch' and two hypervisor hosts, each a netns.
 
-    switch netns: OVS bridge `sw` (userspace datapath), trunk ports a-br, a-ovs, b-br, b-ovs
+    switch netns: Linux bridge `sw`, ports a-br, a-ovs, b-br, b-ovs and `cl` to the client
+    client netns: `client`, a machine behind the switch that sends traffic to the guest
     host netns h: Linux bridge br0  <- uplink0 ==veth== h-br  (switch)
                   OVS bridge ovsbr0 <- uplink1 ==veth== h-ovs (switch), its own private OVS
                   mig ==veth== the other host's mig: 10.77.0.1/24 and 10.77.0.2/24 carry the
                   migration stream off the switch, so it neither floods it nor adds noise.
 
-QEMU's own RARPs are dropped on every host (nft on br0 for frames from vnet* taps, an
-OpenFlow rule on ovsbr0 for frames from VM ports), as on a port that is not wired yet: only
-our announcements can then move a MAC on the switch. Everything lives in the lab's netns and
-workdir; `close()` removes it all.
+With `drop_qemu_rarp`, QEMU's own RARPs are dropped on every host's br0 (an nft rule for
+frames from vnet* taps), as on a port that is not wired yet: only our announcements can then
+move a MAC on the switch. On ovsbr0 nothing is dropped by a rule: a rule would drop our frames
+too, since they enter from the guest's own port; there the lab's wiring agent silences QEMU
+the way real deployments lose its frames (the dead VLAN 4095, rewired late). Everything lives
+in the lab's netns and workdir; `close()` removes it all.
+
+The physical switch is a Linux bridge, which learns and forwards in the kernel per frame, as a
+hardware switch does. It is not VLAN-aware (this kernel has no VLAN filtering): it learns by
+MAC and carries 802.1Q tags through untouched; each VLAN is checked on the frames themselves
+(observe.py). A userspace OVS switch was tried first: after a MAC moved, it kept forwarding to
+the old port for 150-500 ms (its cached datapath flows wait for revalidation), which would
+hide the few milliseconds this lab measures.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import tempfile
 import socket
@@ -31,8 +42,8 @@ HOSTS = ("a", "b")
 _SERIAL = itertools.count(1)
 MIGRATION_ADDRESS = {"a": "10.77.0.1", "b": "10.77.0.2"}
 SWITCH_BRIDGE = "sw"
-# Stable OpenFlow numbers on the switch, so fdb/show and flows read the same every run.
-SWITCH_OFPORT = {"a-br": 1, "a-ovs": 2, "b-br": 3, "b-ovs": 4}
+SWITCH_PORTS = ("a-br", "a-ovs", "b-br", "b-ovs", "cl")
+CLIENT_DEVICE = "client"
 HOST_UPLINK_OFPORT = 1
 
 _NFT_DROP_QEMU_RARP = """\
@@ -74,8 +85,9 @@ class LabTopology:
     """Builds the switch and hosts in `workdir` (created if needed); a context manager."""
 
     workdir: Path
+    drop_qemu_rarp: bool = True
     switch_ns: str = field(init=False)
-    switch: PrivateOVS = field(init=False)
+    client_ns: str = field(init=False)
     hosts: dict[str, LabHost] = field(init=False, default_factory=dict)
     _made_ns: list[str] = field(init=False, default_factory=list)
     _ovs: list[PrivateOVS] = field(init=False, default_factory=list)
@@ -90,20 +102,21 @@ class LabTopology:
             raise
 
     @classmethod
-    def adopt(cls, workdir: Path, switch_ns: str, host_ns: dict[str, str]) -> "LabTopology":
+    def adopt(cls, workdir: Path, switch_ns: str, host_ns: dict[str, str], client_ns: str,
+              drop_qemu_rarp: bool = True) -> "LabTopology":
         """The topology an earlier process built (`lab up`), to migrate in it or tear it down."""
         topo = cls.__new__(cls)
         topo.workdir = Path(workdir)
+        topo.drop_qemu_rarp = drop_qemu_rarp
         topo.switch_ns = switch_ns
+        topo.client_ns = client_ns
         topo.hosts = {}
-        topo._made_ns = [switch_ns, *host_ns.values()]
+        topo._made_ns = [switch_ns, client_ns, *host_ns.values()]
         topo._ovs = []
         for host, ns in host_ns.items():
             ovs = PrivateOVS(topo.workdir / host / "ovs", netns=ns).adopt()
             topo.hosts[host] = LabHost(host, ns, topo.workdir / host, ovs)
             topo._ovs.append(ovs)
-        topo.switch = PrivateOVS(topo.workdir / "switch" / "ovs", netns=switch_ns).adopt()
-        topo._ovs.append(topo.switch)
         return topo
 
     def _netns(self, suffix: str) -> str:
@@ -116,28 +129,31 @@ class LabTopology:
     def _build(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.switch_ns = self._netns("sw")
+        self.client_ns = self._netns("cl")
         for host in HOSTS:
             ns = self._netns(host)
             ovs = PrivateOVS(self.workdir / host / "ovs", netns=ns)
             self.hosts[host] = LabHost(host, ns, self.workdir / host, ovs)
         with NetNS(self.switch_ns) as sw:
             sw.link("set", ifname="lo", state="up")
+            sw.link("add", ifname=SWITCH_BRIDGE, kind="bridge", br_stp_state=0, br_forward_delay=0)
+            switch = sw.link_lookup(ifname=SWITCH_BRIDGE)[0]
             for host in HOSTS:
                 ns = self.hosts[host].netns
                 for port, uplink in ((f"{host}-br", "uplink0"), (f"{host}-ovs", "uplink1")):
                     sw.link("add", ifname=port, kind="veth", peer={"ifname": uplink, "net_ns_fd": ns})
-                    sw.link("set", ifname=port, state="up")
+                    sw.link("set", ifname=port, master=switch, state="up")
+            sw.link("add", ifname="cl", kind="veth", peer={"ifname": CLIENT_DEVICE, "net_ns_fd": self.client_ns})
+            sw.link("set", ifname="cl", master=switch, state="up")
+            sw.link("set", ifname=SWITCH_BRIDGE, state="up")
+        with NetNS(self.client_ns) as client:
+            client.link("set", ifname="lo", state="up")
+            client.link("set", ifname=CLIENT_DEVICE, state="up")
         a, b = self.hosts["a"], self.hosts["b"]
         with NetNS(a.netns) as ha:
             ha.link("add", ifname="mig", kind="veth", peer={"ifname": "mig", "net_ns_fd": b.netns})
         for host in self.hosts.values():
             self._build_host(host)
-        self.switch = PrivateOVS(self.workdir / "switch" / "ovs", netns=self.switch_ns)
-        self._ovs.append(self.switch.start())
-        self.switch.add_bridge(SWITCH_BRIDGE)
-        for port, number in SWITCH_OFPORT.items():
-            # Trunks carrying every VLAN: untagged br0 traffic is VLAN 0, the OVS vNIC VLAN 100.
-            self.switch.add_port(SWITCH_BRIDGE, port, ofport=number)
 
     def _build_host(self, host: LabHost) -> None:
         with NetNS(host.netns) as h:
@@ -150,31 +166,35 @@ class LabTopology:
             mig = h.link_lookup(ifname="mig")[0]
             h.addr("add", index=mig, address=host.migration_address, prefixlen=24)
             h.link("set", index=mig, state="up")
-        done = host.run(["nft", "-f", "-"], input=_NFT_DROP_QEMU_RARP)
-        if done.returncode != 0:
-            raise RuntimeError(f"nft in {host.netns}: {done.stderr.strip()}")
+        if self.drop_qemu_rarp:
+            done = host.run(["nft", "-f", "-"], input=_NFT_DROP_QEMU_RARP)
+            if done.returncode != 0:
+                raise RuntimeError(f"nft in {host.netns}: {done.stderr.strip()}")
         self._ovs.append(host.ovs.start())
+        # Cached datapath flows of traffic for the guest's previous stay here (migrations come
+        # seconds apart in the lab) would only follow its MAC's move after OVS revalidates them
+        # (100-300 ms measured here); OVS's default idle life of 10 s is cut to 0.5 s.
+        host.ovs.vsctl("set", "Open_vSwitch", ".", "other_config:max-idle=500")
         host.ovs.add_bridge("ovsbr0")
         host.ovs.add_port("ovsbr0", "uplink1", ofport=HOST_UPLINK_OFPORT)
-        # Frames from the uplink and from the bridge's own port (where our announcer writes
-        # tagged frames) pass; a RARP from any other port (a VM's tap: QEMU's) is dropped.
-        for flow in (
-            f"priority=200,in_port={HOST_UPLINK_OFPORT},actions=NORMAL",
-            "priority=200,in_port=LOCAL,actions=NORMAL",
-            "priority=100,dl_type=0x8035,actions=drop",
-        ):
-            host.ovs.ofctl("add-flow", "ovsbr0", flow)
         with NetNS(host.netns) as h:
             h.link("set", ifname="ovsbr0", state="up")
 
     # -- what tests and the demo look at ------------------------------------------------
 
-    def fdb(self) -> list[tuple[str, int, str]]:
-        return self.switch.fdb(SWITCH_BRIDGE)
+    def fdb(self) -> list[tuple[str, str]]:
+        """The switch's learned MACs as (port, MAC)."""
+        done = subprocess.run(["ip", "netns", "exec", self.switch_ns, "bridge", "-j", "fdb", "show", "br", SWITCH_BRIDGE],
+                              capture_output=True, text=True, timeout=10)
+        entries = []
+        for entry in json.loads(done.stdout or "[]"):
+            if entry.get("ifname") in SWITCH_PORTS and "permanent" not in entry.get("state", ""):
+                entries.append((entry["ifname"], entry["mac"].lower()))
+        return entries
 
-    def where(self, mac: str, vlan: int) -> str | None:
-        """Switch port on which `mac` is learned in `vlan` (0: untagged), or None."""
-        return self.switch.fdb_port(SWITCH_BRIDGE, mac, vlan)
+    def where(self, mac: str, vlan: int | None = None) -> str | None:
+        """Switch port on which `mac` is learned, or None (`vlan`: tags are checked on the frames)."""
+        return next((port for port, learned in self.fdb() if learned == mac.lower()), None)
 
     def teach(self, host: str, mac: str, vlan: int | None) -> None:
         """Make the switch learn `mac` behind `host` (a plain non-RARP frame up its uplink).
@@ -195,6 +215,8 @@ class LabTopology:
 
     def nft_drops(self, host: str) -> int:
         """How many QEMU RARPs the nft rule on `host`'s br0 has dropped so far."""
+        if not self.drop_qemu_rarp:
+            return 0
         done = self.hosts[host].run(["nft", "list", "table", "bridge", "rarp_lab"])
         for word_index, word in enumerate(done.stdout.split()):
             if word == "packets":

@@ -62,14 +62,15 @@ class HostResolver:
 
     async def resolve(self, xml: str | bytes) -> Resolution:
         """Targets for `xml` as this host sees them now; InputError for an unusable document."""
-        lookup, down = self._ovs_lookup()
+        lookup, down, pending = self._ovs_lookup()
         network_bridge = None
         conn = self._connection()
         if conn is not None:
             from rarp_announce.virt.connection import network_bridge_lookup
 
             network_bridge = network_bridge_lookup(conn)
-        resolution = resolve_xml(xml, self._config(), network_bridge=network_bridge, ovs=lookup, ovs_down=down)
+        resolution = resolve_xml(xml, self._config(), network_bridge=network_bridge, ovs=lookup, ovs_down=down,
+                                 ovs_pending=pending)
         await self._fill_ofports(resolution)
         return resolution
 
@@ -82,14 +83,18 @@ class HostResolver:
         devices = {t.device for t in targets if t.ovs is None}
         return await hostnet.device_problems(devices) if devices else {}
 
-    def _ovs_lookup(self) -> tuple[OvsLookup | None, str | None]:
+    def _ovs_lookup(self) -> tuple[OvsLookup | None, str | None, bool]:
+        """What to ask about OVS ports, why nothing can be asked, and whether an answer is coming."""
         if self._config().ovs.remote() is None:
-            return None, None  # the operator said this host has no OVSDB to read: no remark
+            return None, None, False  # the operator said this host has no OVSDB to read: no remark
         if self.ovs is None:
-            return None, self.ovs_error or "no connection to it"
-        if getattr(self.ovs, "connected", True) is False:  # a live view that lost its server
-            return None, getattr(self.ovs, "last_error", None) or "not connected"
-        return self.ovs, None
+            return None, self.ovs_error or "no connection to it", False
+        if getattr(self.ovs, "connected", True) is False:
+            error = getattr(self.ovs, "last_error", None)
+            # A live view still on its first connection: wait for it (it calls back when it
+            # has the database) rather than fall back to the XML's VLANs a moment too early.
+            return None, error or "not connected yet", error is None
+        return self.ovs, None, False
 
     async def _fill_ofports(self, resolution: Resolution) -> None:
         """Without OVSDB, ask each bridge for the guest port's number (OpenFlow port list)."""

@@ -40,6 +40,9 @@ class OvsLookup(Protocol):
 
     def is_bridge(self, name: str) -> bool: ...
 
+    @property
+    def applying(self) -> bool: ...
+
 # Names libvirt and OpenStack give guest taps; a device so named is never where frames go.
 _TAP_NAME = re.compile(r"^(vnet\d+|macvtap\d+|tap[0-9a-f]{8}-[0-9a-f]{2})$")
 _VLAN_ID = re.compile(r"^\s*[0-9]{1,5}\s*$")
@@ -67,6 +70,7 @@ class _Context:
     network_bridge: NetworkBridge | None
     ovs: OvsLookup | None
     ovs_down: str | None
+    ovs_pending: bool
     taps: set[str]
     resolution: Resolution
 
@@ -78,13 +82,15 @@ def resolve_xml(
     network_bridge: NetworkBridge | None = None,
     ovs: OvsLookup | None = None,
     ovs_down: str | None = None,
+    ovs_pending: bool = False,
 ) -> Resolution:
     """Resolve a live domain XML to targets; InputError only when the document itself is unusable.
 
     `network_bridge` names the bridge of a libvirt network when the XML does not (see
     virt.connection.network_bridge_lookup). `ovs` answers for Open vSwitch ports; `ovs_down`
     says why it could not be asked (then OVS ports fall back to the XML's VLANs, and their
-    OpenFlow port number is left for the caller to find). Whether devices can carry frames
+    OpenFlow port number is left for the caller to find); `ovs_pending` says its answer is
+    coming (then OVS ports wait for it instead). Whether devices can carry frames
     now is not judged here: that is the readiness check (hostnet.device_problems); only a
     port that OVSDB shows not wired yet gets its problem here.
     """
@@ -94,8 +100,8 @@ def resolve_xml(
     devices = root.find("devices")
     interfaces = devices.findall("interface") if devices is not None else []
     resolution = Resolution(domain=name, uuid=uuid)
-    context = _Context(config, network_bridge, ovs, ovs_down, {dev for el in interfaces if (dev := _target_dev(el))},
-                       resolution)
+    context = _Context(config, network_bridge, ovs, ovs_down, ovs_pending,
+                       {dev for el in interfaces if (dev := _target_dev(el))}, resolution)
     ignored = _ignored_domain(name, uuid, config)
     seen: set[tuple[str, str, int | None]] = set()
     for position, element in enumerate(interfaces, 1):
@@ -116,7 +122,7 @@ def resolve_xml(
             if target.key not in seen:
                 seen.add(target.key)
                 resolution.targets.append(target)
-    if ovs_down and any(t.ovs is not None for t in resolution.targets):
+    if ovs_down and not ovs_pending and any(t.ovs is not None for t in resolution.targets):
         resolution.notes.append(f"Open vSwitch database not read ({ovs_down}): OVS ports use the domain XML's VLANs")
     return resolution
 
@@ -171,6 +177,10 @@ def _ovs_targets(
     """Targets injected through the guest's own OVS port, one per VLAN it lives in."""
     if info is None:
         port_name = _target_dev(element) or ""
+        if context.ovs_pending:
+            target = Target(mac, bridge, None, kind, label, ovs=OvsPort(bridge, port_name, None), tagged=False)
+            context.resolution.problems[target.route] = "not wired yet: waiting for the Open vSwitch database's first answer"
+            return [target]
         if context.ovs is not None:
             # Not plugged yet (os-vif plugs late): a placeholder that waits for the port.
             target = Target(mac, bridge, None, kind, label, ovs=OvsPort(bridge, port_name, None), tagged=False)
@@ -186,6 +196,10 @@ def _ovs_targets(
                 for vlan, tagged, source in _ovs_plan(element, mac, None, context)]
     port = OvsPort(info.bridge, info.interface, info.ofport if info.ofport is not None and info.ofport > 0 else None)
     problem = wiring_problem(info)
+    if problem is None and context.ovs is not None and context.ovs.applying:
+        # The port's row may already say "wired" while ovs-vswitchd still forwards it the old
+        # way (measured in the lab: a frame sent then left in the dead VLAN 4095).
+        problem = "ovs-vswitchd has not applied the latest configuration change yet (cur_cfg < next_cfg)"
     if problem is not None:
         # Frames sent now would be lost (dead VLAN, no ofport, OVN flows not in): one placeholder
         # target waits; the VLANs it will get are only known once the port is wired.
@@ -242,6 +256,8 @@ def _vhostuser_targets(element: ET.Element, effective: ET.Element, mac: str, lab
     if not path:
         raise _Skip("type vhostuser without <source path='...'/>")
     if context.ovs is None:
+        if context.ovs_pending:
+            raise _Skip("vhost-user: waiting for the Open vSwitch database's first answer (resolved again then)")
         why = f" ({context.ovs_down})" if context.ovs_down else ""
         raise _Skip(f"vhost-user: its OVS port is found in the Open vSwitch database, which was not read{why}")
     info = context.ovs.find_port(name=_target_dev(element), mac=mac, socket_path=path)

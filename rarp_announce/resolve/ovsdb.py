@@ -42,7 +42,7 @@ DB_NAME = "Open_vSwitch"
 # else: ovs-vswitchd rewrites Interface statistics and status every few seconds
 # (other_config:stats-update-interval), which would otherwise wake the view for nothing.
 _COLUMNS: dict[str, list[str]] = {
-    "Open_vSwitch": ["external_ids", "bridges"],
+    "Open_vSwitch": ["external_ids", "bridges", "cur_cfg", "next_cfg"],
     "Bridge": ["name", "ports", "external_ids"],
     "Port": ["name", "interfaces", "tag", "trunks", "vlan_mode"],
     "Interface": ["name", "type", "ofport", "external_ids", "options", "error"],
@@ -91,7 +91,11 @@ def _mac_key(mac: str) -> str:
 class OvsSnapshot:
     """The ports of one state of the database, indexed for the resolver's three questions."""
 
-    def __init__(self, bridges: Iterable[str] = (), ports: Iterable[PortInfo] = ()) -> None:
+    def __init__(self, bridges: Iterable[str] = (), ports: Iterable[PortInfo] = (), *, applying: bool = False) -> None:
+        # ovs-vswitchd sets cur_cfg to next_cfg once it has applied a change that bumped next_cfg
+        # (ovs-vswitchd.conf.db(5), Open_vSwitch table): until then a port whose row already says
+        # "VLAN 100" may still forward in its old VLAN.
+        self.applying = applying
         self._bridges = sorted(set(bridges))
         self._ports = tuple(ports)
         self._by_name: dict[str, PortInfo] = {}
@@ -308,7 +312,8 @@ class _SchemaFetch:
 def _root_fields(row: Any) -> tuple[Any, ...]:
     # Bridges hang off the root row; a Bridge row nothing refers to is garbage-collected by
     # ovsdb-server (ovsdb(7), "root set"), so the root's list is the whole truth.
-    return ovn_bridge_name(row.external_ids), tuple(bridge.uuid for bridge in row.bridges)
+    return (ovn_bridge_name(row.external_ids), tuple(bridge.uuid for bridge in row.bridges),
+            int(row.cur_cfg) < int(row.next_cfg))
 
 
 def _bridge_fields(row: Any) -> tuple[Any, ...]:
@@ -375,7 +380,7 @@ class _ReplicaIdl(ovs.db.idl.Idl):  # type: ignore[misc]  # untyped base
 
         ports_table, ifaces_table = self.tables["Port"].rows, self.tables["Interface"].rows
         root = next(iter(self.tables["Open_vSwitch"].rows.values()), None)
-        ovn_bridge, bridge_ids = read(root, _root_fields) if root is not None else (None, ())
+        ovn_bridge, bridge_ids, applying = read(root, _root_fields) if root is not None else (None, (), False)
         bridge_rows = self.tables["Bridge"].rows
         names: list[str] = []
         ports: list[PortInfo] = []
@@ -401,7 +406,7 @@ class _ReplicaIdl(ovs.db.idl.Idl):  # type: ignore[misc]  # untyped base
                         error=error, ovn_bridge=bridge == ovn_bridge,
                     ))
         self._fields = fields  # rows no longer referenced drop out
-        return OvsSnapshot(names, ports)
+        return OvsSnapshot(names, ports, applying=applying)
 
     def session_up(self) -> bool:
         return bool(self._session.is_connected())
@@ -503,6 +508,11 @@ class OvsdbView:
 
     def is_bridge(self, name: str) -> bool:
         return self.snapshot().is_bridge(name)
+
+    @property
+    def applying(self) -> bool:
+        """ovs-vswitchd has not applied the latest configuration change yet (cur_cfg < next_cfg)."""
+        return self.snapshot().applying
 
     def bridges(self) -> list[str]:
         return self.snapshot().bridges()

@@ -147,16 +147,6 @@ class Waiter:
         openflow_port = sink.openflow.port_number if isinstance(sink, WireSink) else None
         resolver = HostResolver(lambda: self.config, connection=self._conn, openflow_port=openflow_port)
         self.table = table = ArrivalTable(self.announcer, resolver, lambda: self.config, observers=[_Log(self.label)])
-        remote = self.config.ovs.remote()
-        if remote is not None:
-            from rarp_announce.resolve.ovsdb import OvsdbView
-
-            self.ovs = resolver.ovs = OvsdbView(remote, on_change=table.ovs_changed)
-            # Not awaited: libvirt's events matter first; the table prepares again once OVSDB answers.
-            ovs_start = asyncio.ensure_future(self.ovs.start(timeout=min(2.0, self.timeout)))
-        if self.hook_xml is not None:
-            # Prepared from the hook's copy before libvirt even defined the domain here.
-            table.expect_soon(self.uuid, self.name, xml=self.hook_xml, source="hook")
         self.watcher = Watcher(
             self.uri, lifecycle=self._on_lifecycle, device_added=lambda *args: None,
             on_connected=lambda conn, first: self._connected.put_nowait(conn),
@@ -166,13 +156,28 @@ class Waiter:
             open_connection=self._open_connection,
         )
         self.watcher.start()
+        # Listening to libvirt comes first (a short migration resumes within a second of the
+        # hook); what the first arrival needs is loaded and prepared right after.
+        await self.watcher.first_attempt
+        ovs_start = None
+        remote = self.config.ovs.remote()
+        if remote is not None:
+            from rarp_announce.resolve.ovsdb import OvsdbView
+
+            self.ovs = resolver.ovs = OvsdbView(remote, on_change=table.ovs_changed)
+            # Not awaited: until it answers, OVS ports wait for it (the table prepares again then).
+            ovs_start = asyncio.ensure_future(self.ovs.start(timeout=min(2.0, self.timeout)))
+        if self.hook_xml is not None and self.uuid not in table.entries:
+            # Prepared from the hook's copy, usually before libvirt even defined the domain here.
+            table.expect_soon(self.uuid, self.name, xml=self.hook_xml, source="hook")
         try:
             return await self._follow(table, deadline)
         finally:
             table.close()
             await self.watcher.stop()
             if self.ovs is not None:
-                ovs_start.cancel()
+                if ovs_start is not None:
+                    ovs_start.cancel()
                 self.ovs.close()
 
     def _conn(self) -> Any:
@@ -250,6 +255,15 @@ class Waiter:
             await asyncio.wait_for(table.settled(self.uuid), max(0.001, deadline - loop.time()))
         except asyncio.TimeoutError:
             pass
+        if self.ovs is not None and any(t.ovs is not None for t in entry.targets) and entry.arrived_at is not None:
+            # As the daemon does: an OVS port rewired into another VLAN within the wiring window
+            # is announced again there (the table reconciles on each OVSDB change meanwhile).
+            window = entry.arrived_at + self.config.ovs.wiring_timeout - time.monotonic()
+            await self._watch_until(min(deadline, loop.time() + window))
+            try:
+                await asyncio.wait_for(table.settled(self.uuid), max(0.001, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                pass
         await self.announcer.drain()
         targets = list(entry.targets)
         result = self.result
@@ -272,6 +286,18 @@ class Waiter:
             result.detail += "; not ready: " + "; ".join(
                 f"{t.route}: {problems.get(t.route, 'not ready')}" for t in pending)
         return result
+
+
+    async def _watch_until(self, until: float) -> None:
+        """Keep listening until `until` (loop time), or until the domain leaves or stops here."""
+        loop = asyncio.get_running_loop()
+        while (remaining := until - loop.time()) > 0:
+            try:
+                _event, _detail, step = await asyncio.wait_for(self._events.get(), remaining)
+            except asyncio.TimeoutError:
+                return
+            if step is Step.GONE:
+                return
 
 
 # ---- one waiter per domain ------------------------------------------------------------------------
@@ -377,7 +403,11 @@ def run(
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await work
-                return WaitResult("gone", f"domain {waiter.label}: ended by the hook (the domain stopped here)")
+                ended = "ended by the hook: the domain stopped here or left this host"
+                if waiter.result.frames:
+                    return WaitResult("announced", f"domain {waiter.label}: {waiter.result.frames} frame(s) sent; {ended}",
+                                      frames=waiter.result.frames, failed_frames=waiter.result.failed_frames)
+                return WaitResult("gone", f"domain {waiter.label}: {ended}")
             finally:
                 ended.cancel()
                 sink.close()
@@ -395,3 +425,54 @@ def daemon_took(control_socket: str, uuid: str, *, timeout: float = 1.0) -> bool
         _log.info("could not ask the daemon whether it took the domain (%s): announcing here", exc)
         return False
     return answer.get("ok") is True and answer.get("claimed") is True
+
+
+def setup_logging() -> logging.Logger:
+    """stderr is the hook's log file: lines shaped like the hook's own, in UTC with milliseconds."""
+    formatter = logging.Formatter(f"%(asctime)s.%(msecs)03dZ rarp-announce waiter[{os.getpid()}]: %(message)s",
+                                  "%Y-%m-%dT%H:%M:%S")
+    formatter.converter = time.gmtime
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter)
+    package = logging.getLogger("rarp_announce")  # the waiter's, libvirt watch's and OVSDB's lines alike
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    return _log
+
+
+def main(argv: list[str] | None = None) -> int:
+    """What the hook runs: `python -m rarp_announce.triggers.waiter`, the options of `hook wait`.
+
+    The hook's own entry, without the command line's framework: a migration of a small guest
+    resumes within a second of `migrate begin`, and every 100 ms of start-up counts.
+    """
+    import argparse
+
+    from rarp_announce.config import libvirt_uri, load_config
+
+    parser = argparse.ArgumentParser(prog="rarp-announce hook wait", description=main.__doc__)
+    parser.add_argument("--uuid", required=True)
+    parser.add_argument("--name")
+    parser.add_argument("--timeout", type=float, default=300.0)
+    parser.add_argument("--connect")
+    parser.add_argument("--config")
+    parser.add_argument("--hook-pid", type=int)
+    parser.add_argument("--ask-daemon")
+    parser.add_argument("--waiter-dir")
+    args = parser.parse_args(argv)
+    log = setup_logging()
+    try:
+        config = load_config(args.config)
+        result = run(args.uuid, name=args.name, timeout=args.timeout, uri=libvirt_uri(args.connect, config),
+                     config=config, hook_pid=args.hook_pid, ask_daemon=args.ask_daemon, waiter_dir=args.waiter_dir)
+    except AnnounceError as error:
+        log.error("error: %s", error)
+        return error.exit_code
+    except KeyboardInterrupt:
+        return 130
+    log.info("%s: %s", result.outcome, result.detail)
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -67,6 +67,11 @@ def classify(event: int, detail: int, *, incoming: bool, parked: bool) -> Step:
         # A migration with VIR_MIGRATE_PAUSED ends in SUSPENDED on the destination: the guest
         # is here but does not run yet.
         return Step.PARKED
+    if event == EVENT_SUSPENDED and detail in (SUSPENDED_MIGRATED, SUSPENDED_POSTCOPY):
+        # The source at switch-over: the guest is leaving this host (its ports are unplugged
+        # before STOPPED/MIGRATED arrives, seconds later); a failed migration that resumes it
+        # here reports RESUMED again.
+        return Step.GONE
     if event in (EVENT_STOPPED, EVENT_UNDEFINED):
         return Step.GONE
     return Step.IGNORE

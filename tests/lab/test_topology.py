@@ -1,4 +1,5 @@
-"""LabTopology without libvirt: switch learning per VLAN, and QEMU-style RARPs from VM ports dropped."""
+"""LabTopology, the wiring agent and the client's traffic without libvirt: switch learning per VLAN,
+QEMU-style RARPs from VM ports dropped on br0 and lost in OVS's dead VLAN, ours injected as the guest."""
 
 from __future__ import annotations
 
@@ -47,10 +48,13 @@ def _vm_port(topo, host: str, name: str, *, ovs_tag: int | None = None) -> str:
     return f"{name}g"
 
 
-def test_teach_and_where_per_vlan(lab_net):
+def test_teach_and_where(lab_net):
+    other = "52:54:00:aa:00:02"
     lab_net.teach("a", MAC, None)
-    lab_net.teach("b", MAC, 100)
-    assert wait_until(lambda: lab_net.where(MAC, 0) == "a-br" and lab_net.where(MAC, 100) == "b-ovs")
+    lab_net.teach("b", other, 100)
+    assert wait_until(lambda: lab_net.where(MAC) == "a-br" and lab_net.where(other) == "b-ovs")
+    lab_net.teach("b", MAC, None)  # a move is learned at once: the switch is the kernel's bridge
+    assert wait_until(lambda: lab_net.where(MAC) == "b-br", 0.5, 0.005)
 
 
 def test_rarp_from_a_vm_port_on_br0_is_dropped_other_frames_pass(lab_net):
@@ -70,18 +74,59 @@ def test_rarp_from_a_vm_port_on_br0_is_dropped_other_frames_pass(lab_net):
     assert wait_until(lambda: lab_net.where(MAC, 0) == "b-br")
 
 
-def test_rarp_from_a_vm_port_on_ovsbr0_is_dropped_tagged_frame_on_local_passes(lab_net):
-    from rarp_announce.announce.frames import rarp_frame
-    from rarp_announce.mac import parse_mac
+def test_a_dead_ovs_port_loses_qemus_rarp_and_a_packet_out_as_the_guest_reaches_the_guest(lab_net):
+    """The lab's silencing for OVS is the real one (the dead VLAN): QEMU's frame from the tap is
+    lost, ours (a packet-out with the guest's in_port) moves the switch once the port is wired,
+    OVS learns the MAC on the guest's port, and the client's traffic reaches the guest."""
+    import asyncio
 
-    guest = _vm_port(lab_net, "b", "vm1", ovs_tag=100)
+    from rarp_announce.announce.frames import rarp_frame
+    from rarp_announce.lab.agent import DEAD_VLAN, WiringAgent
+    from rarp_announce.lab.netns import inside
+    from rarp_announce.lab.topology import CLIENT_DEVICE
+    from rarp_announce.lab.traffic import ClientTraffic, Delivered
+    from rarp_announce.mac import parse_mac
+    from rarp_announce.model import OvsPort, Target
+    from rarp_announce.transport.openflow import OpenFlowSink
+
+    net = lab_net.hosts["b"]
+    guest = _vm_port(lab_net, "b", "vnet1", ovs_tag=100)
+    net.ovs.vsctl("set", "Interface", "vnet1", f'external_ids:attached-mac="{MAC}"', "ofport_request=7")
+    agent = WiringAgent(MAC, 100)
+    assert wait_until(lambda: net.ovs.vsctl("get", "Interface", "vnet1", "ofport").strip() == "7")
+    agent.kill(net.ovs, "vnet1")  # Neutron's port_dead(): VLAN 4095 and a drop flow
+    assert net.ovs.vsctl("get", "Port", "vnet1", "tag").strip() == str(DEAD_VLAN)
     lab_net.teach("a", MAC, 100)
     assert wait_until(lambda: lab_net.where(MAC, 100) == "a-ovs")
-    send_raw(lab_net.hosts["b"].netns, guest, rarp_frame(parse_mac(MAC), None, 0))
-    time.sleep(0.5)
-    assert lab_net.where(MAC, 100) == "a-ovs"
-    send_raw(lab_net.hosts["b"].netns, "ovsbr0", rarp_frame(parse_mac(MAC), 100, 0))
-    assert wait_until(lambda: lab_net.where(MAC, 100) == "b-ovs")
+    traffic = ClientTraffic(lab_net.client_ns, CLIENT_DEVICE, [(MAC, 100)])
+    delivered = Delivered(net.netns)
+    try:
+        send_raw(net.netns, guest, rarp_frame(parse_mac(MAC)))  # QEMU's, in the dead VLAN
+        time.sleep(0.5)
+        assert lab_net.where(MAC, 100) == "a-ovs"
+        assert agent.port_of(net.ovs) == "vnet1"
+        agent.wire(net.ovs, "vnet1", 100)
+        wired = time.time()
+        target = Target(MAC, "ovsbr0", 100, "openvswitch", "vnet1", ovs=OvsPort("ovsbr0", "vnet1", 7), tagged=False)
+
+        async def inject() -> None:
+            sink = OpenFlowSink(lambda bridge: f"unix:{net.ovs.rundir}/{bridge}.mgmt")
+            try:
+                frame = rarp_frame(parse_mac(MAC))
+                await sink.prepare(target, [frame])
+                sink.send(target, frame)
+            finally:
+                sink.close()
+
+        with inside(net.netns):
+            asyncio.run(inject())
+        assert wait_until(lambda: lab_net.where(MAC, 100) == "b-ovs")
+        assert [(port, vlan) for port, vlan, mac in net.ovs.fdb("ovsbr0") if mac == MAC] == [("vnet1", 100)]
+        assert wait_until(lambda: delivered.first(MAC, wired) is not None, 3)
+        assert delivered.first(MAC, wired).device == "vnet1"
+    finally:
+        traffic.close()
+        delivered.close()
 
 
 def test_close_removes_namespaces_and_ovs(root_netns):
@@ -93,13 +138,14 @@ def test_close_removes_namespaces_and_ovs(root_netns):
     try:
         topo = LabTopology(workdir)
         names = list(topo._made_ns)
-        pids = topo.switch.pids() + [p for h in topo.hosts.values() for p in h.ovs.pids()]
+        pids = [p for h in topo.hosts.values() for p in h.ovs.pids()]
         topo.close()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     import subprocess
 
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    assert len(pids) == 6
+    assert len(pids) == 4
+    assert topo.client_ns in names
     assert not [n for n in names if n in listed.split()]
     assert not [p for p in pids if alive(p)]

@@ -202,7 +202,7 @@ def test_with_no_daemon_a_detached_waiter_starts_and_ends_at_its_timeout(hook: H
         assert os.readlink(f"/proc/{pid}/fd/{fd}") == "/dev/null"
     assert os.readlink(f"/proc/{pid}/fd/2") == str(hook.log)
     argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    assert argv[:6] == [sys.executable.encode(), b"-I", b"-m", b"rarp_announce", b"hook", b"wait"]
+    assert argv[:4] == [sys.executable.encode(), b"-I", b"-m", b"rarp_announce.triggers.waiter"]
     assert [UUID.encode(), b"guest1", b"test:///default"] == [argv[argv.index(o) + 1] for o in (b"--uuid", b"--name", b"--connect")]
     # WAITER_TIMEOUT 1.5 s: the test driver of the waiter's own process never sees this
     # domain resume, as after a failed migration, so it must give up and exit by itself.

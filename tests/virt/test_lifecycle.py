@@ -43,7 +43,9 @@ def test_constants_match_libvirt(libvirt_module) -> None:
         (arrivals.EVENT_RESUMED, arrivals.RESUMED_UNPAUSED, False, True, Step.ARRIVED),  # paused migration
         (arrivals.EVENT_RESUMED, arrivals.RESUMED_UNPAUSED, False, False, Step.IGNORE),  # a user's unpause
         (arrivals.EVENT_SUSPENDED, arrivals.SUSPENDED_MIGRATED, True, False, Step.PARKED),
-        (arrivals.EVENT_SUSPENDED, arrivals.SUSPENDED_MIGRATED, False, False, Step.IGNORE),  # the source side
+        (arrivals.EVENT_SUSPENDED, arrivals.SUSPENDED_MIGRATED, False, False, Step.GONE),  # the source: leaving
+        (arrivals.EVENT_SUSPENDED, arrivals.SUSPENDED_POSTCOPY, False, False, Step.GONE),
+        (arrivals.EVENT_SUSPENDED, 0, False, False, Step.IGNORE),  # a user's pause
         (arrivals.EVENT_SUSPENDED, arrivals.SUSPENDED_POSTCOPY_FAILED, False, False, Step.IGNORE),
         (arrivals.EVENT_STOPPED, arrivals.STOPPED_MIGRATED, False, False, Step.GONE),
         (arrivals.EVENT_UNDEFINED, 0, False, False, Step.GONE),

@@ -1,0 +1,121 @@
+"""Neutron's OVS agent in miniature: it wires the guest's OVS port into its VLAN, at once or late.
+
+OpenStack plugs a migrating guest's port on the destination as "dead" (os-vif isolate_vif:
+tag 4095) and its agent moves it into the network's local VLAN seconds later; the VLAN is set
+on the OVS port, never in the domain XML (Nova/Neutron bugs 1815989, 1901707). QEMU's five
+RARPs go out meanwhile and are lost in the dead VLAN. The lab's agent reproduces that:
+
+- `immediate`: the port gets its VLAN as soon as libvirt plugged it (STARTED/MIGRATED),
+  before the guest resumes, as on a host whose agent is quick;
+- `late`: the port is dead until `delay` seconds after the guest resumed, as on a busy
+  OpenStack host. Dead is what Neutron's agent does in port_dead(): tag 4095, and a flow that
+  drops everything the port sends (OVS would otherwise flood VLAN 4095 out of trunk ports).
+  The lab cannot know the tap's name before libvirt plugs it, so its drop flow matches the
+  guest's MAC and is in place before the migration starts; the tag follows at STARTED/MIGRATED.
+  Wiring removes the flow, then sets the VLAN.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rarp_announce.lab.ovs import PrivateOVS
+
+Wiring = Literal["immediate", "late"]
+DEAD_VLAN = 4095
+_EVENT_STARTED, _STARTED_MIGRATED = 2, 1
+_EVENT_RESUMED, _RESUMED_MIGRATED = 4, (1, 3)
+
+
+@dataclass
+class Rewiring:
+    """What the agent did on the destination during one migration (wall-clock times)."""
+
+    port: str | None = None
+    dead_at: float | None = None
+    wired_start: float | None = None  # the `set port tag=` command began
+    wired_at: float | None = None  # ... and returned (ovs-vswitchd applied it)
+    errors: list[str] = field(default_factory=list)
+
+
+class WiringAgent:
+    def __init__(self, mac: str, vlan: int, wiring: Wiring = "late", delay: float = 2.0) -> None:
+        self.mac = mac
+        self.vlan = vlan
+        self.wiring = wiring
+        self.delay = delay
+
+    def port_of(self, ovs: PrivateOVS, timeout: float = 10.0) -> str | None:
+        """The OVS port libvirt created for the guest's MAC (its external_ids:attached-mac)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            names = ovs.vsctl("--bare", "--columns=name", "find", "Interface",
+                              f'external_ids:attached-mac="{self.mac}"').split()
+            if names:
+                return names[0]
+            time.sleep(0.02)
+        return None
+
+    def block(self, ovs: PrivateOVS) -> None:
+        """Drop everything the guest sends on this host until it is wired."""
+        ovs.ofctl("add-flow", "ovsbr0", f"priority=2,dl_src={self.mac},actions=drop")
+
+    def kill(self, ovs: PrivateOVS, port: str) -> None:
+        """Neutron's port_dead(): the dead VLAN, and nothing the guest sends goes anywhere."""
+        self.block(ovs)
+        ovs.vsctl("set", "Port", port, f"tag={DEAD_VLAN}")
+
+    def wire(self, ovs: PrivateOVS, port: str, vlan: int) -> None:
+        ovs.ofctl("--strict", "del-flows", "ovsbr0", f"priority=2,dl_src={self.mac}")
+        ovs.vsctl("set", "Port", port, f"tag={vlan}")
+
+    def wire_now(self, ovs: PrivateOVS) -> str:
+        """The guest booted on this host: give its port the VLAN (what the agent does at boot)."""
+        port = self.port_of(ovs)
+        if port is None:
+            raise RuntimeError(f"no OVS port carries the guest's MAC {self.mac}")
+        self.wire(ovs, port, self.vlan)
+        return port
+
+    def follow(self, ovs: PrivateOVS, events: object, host: str, since: float, timeout: float = 60.0) -> tuple[threading.Thread, Rewiring]:
+        """Wire the port the destination plugs for this migration, as `wiring` says; returns at once."""
+        record = Rewiring()
+        if self.wiring == "late":
+            self.block(ovs)  # before libvirt plugs the port: QEMU's first frame must not slip through
+
+        def run() -> None:
+            try:
+                started = events.wait(host, _EVENT_STARTED, (_STARTED_MIGRATED,), since, timeout)  # type: ignore[attr-defined]
+                if started is None:
+                    record.errors.append("no STARTED/MIGRATED on the destination")
+                    return
+                record.port = self.port_of(ovs)
+                if record.port is None:
+                    record.errors.append(f"no OVS port for {self.mac} on the destination")
+                    return
+                if self.wiring == "immediate":
+                    self._timed_wire(ovs, record)
+                    return
+                self.kill(ovs, record.port)
+                record.dead_at = time.time()
+                resumed = events.wait(host, _EVENT_RESUMED, _RESUMED_MIGRATED, since, timeout)  # type: ignore[attr-defined]
+                if resumed is None:
+                    record.errors.append("no RESUMED on the destination")
+                    return
+                time.sleep(max(0.0, resumed + self.delay - time.time()))
+                self._timed_wire(ovs, record)
+            except Exception as error:  # reported through the record: the migration goes on
+                record.errors.append(f"{type(error).__name__}: {error}")
+
+        thread = threading.Thread(target=run, name="wiring-agent", daemon=True)
+        thread.start()
+        return thread, record
+
+    def _timed_wire(self, ovs: PrivateOVS, record: Rewiring) -> None:
+        assert record.port is not None
+        record.wired_start = time.time()
+        self.wire(ovs, record.port, self.vlan)
+        record.wired_at = time.time()

@@ -1,0 +1,172 @@
+"""What one lab migration showed: frames on the wire, the switch, the destination's own bridges,
+and the only thing a user cares about: whether traffic for the guest reaches the guest.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from rarp_announce.lab.agent import Rewiring
+
+if TYPE_CHECKING:
+    from rarp_announce.lab.observe import Seen
+
+NOMINAL_MS = (0.0, 50.0, 200.0, 450.0, 800.0)
+
+
+@dataclass
+class NicOutcome:
+    """One vNIC after one migration, seen from the destination host."""
+
+    mac: str
+    bridge: str  # br0 or ovsbr0
+    tap: str | None = None  # the guest's tap on the destination (libvirt's live <target dev>)
+    bridge_port: str | None = None  # where the destination's bridge has learned the MAC
+    bridge_vlan: int | None = None
+    trace: str | None = None  # OVS: what ofproto/trace says a frame for the guest does
+    delivered: float | None = None  # first client frame written to the guest's tap (wall clock)
+
+    @property
+    def on_guest_port(self) -> bool:
+        """The destination's bridge sends the guest's traffic to the guest's tap (never LOCAL)."""
+        if self.bridge == "ovsbr0":
+            return self.bridge_port == self.tap and self.trace == "learned"
+        # A Linux bridge learns nothing from frames sent on the bridge device (ours), only from
+        # the guest's own (QEMU's RARP enters from the tap before the drop rule): the MAC is on
+        # the tap, or not learned and flooded to it.
+        return self.bridge_port in (self.tap, None)
+
+
+@dataclass
+class Migration:
+    number: int
+    source: str
+    destination: str
+    started: float
+    duration: float = 0.0
+    resumed: float | None = None
+    qemu_first: float | None = None
+    qemu_frames: int = 0  # QEMU's own RARPs seen entering the destination's bridges from its taps
+    sent_first: float | None = None  # our first frame as it left the destination host
+    frames: list[Seen] = field(default_factory=list)  # RARPs seen at the switch, from the destination
+    stray: list[Seen] = field(default_factory=list)  # RARPs seen at the switch from the source: must stay empty
+    moved: dict[str, str | None] = field(default_factory=dict)  # mac -> switch port afterwards
+    expected: dict[str, str] = field(default_factory=dict)  # mac -> destination switch port
+    bad_frames: list[str] = field(default_factory=list)
+    fdb_before: list[tuple[str, str]] = field(default_factory=list)  # the switch's (port, MAC)
+    fdb_after: list[tuple[str, str]] = field(default_factory=list)
+    nics: dict[str, NicOutcome] = field(default_factory=dict)
+    rewiring: Rewiring | None = None
+    ovs_mac: str | None = None
+
+    @property
+    def first(self) -> float | None:
+        return min((s.time for s in self.frames), default=None)
+
+    def first_of(self, mac: str) -> float | None:
+        return min((s.time for s in self.frames if s.mac == mac), default=None)
+
+    @property
+    def lag_resumed_ms(self) -> float | None:
+        return None if self.first is None or self.resumed is None else (self.first - self.resumed) * 1000
+
+    @property
+    def lag_qemu_ms(self) -> float | None:
+        return None if self.first is None or self.qemu_first is None else (self.first - self.qemu_first) * 1000
+
+    @property
+    def lag_qemu_host_ms(self) -> float | None:
+        """Our first frame leaving the destination vs QEMU's entering from its tap: both seen in
+        the destination's netns, free of the hop to the switch."""
+        if self.sent_first is None or self.qemu_first is None:
+            return None
+        return (self.sent_first - self.qemu_first) * 1000
+
+    def traffic_ms(self, mac: str) -> float | None:
+        """From the RESUMED event to the first client frame reaching the guest on its new host."""
+        nic = self.nics.get(mac)
+        if nic is None or nic.delivered is None or self.resumed is None:
+            return None
+        return (nic.delivered - self.resumed) * 1000
+
+    @property
+    def wired(self) -> float | None:
+        return self.rewiring.wired_at if self.rewiring is not None else None
+
+    @property
+    def traffic_after_wiring_ms(self) -> float | None:
+        """Late wiring: from the rewiring command's return to the OVS vNIC's first client frame."""
+        if self.ovs_mac is None or self.wired is None:
+            return None
+        nic = self.nics.get(self.ovs_mac)
+        return None if nic is None or nic.delivered is None else (nic.delivered - self.wired) * 1000
+
+    @property
+    def frame_after_wiring_ms(self) -> float | None:
+        """Late wiring: from the rewiring command's start to our first OVS frame at the switch."""
+        if self.ovs_mac is None or self.rewiring is None or self.rewiring.wired_start is None:
+            return None
+        first = self.first_of(self.ovs_mac)
+        return None if first is None else (first - self.rewiring.wired_start) * 1000
+
+    def per_mac(self) -> dict[str, list[float]]:
+        times: dict[str, list[float]] = {}
+        for seen in sorted(self.frames, key=lambda s: s.time):
+            times.setdefault(seen.mac, []).append(seen.time)
+        return times
+
+    def offsets_ms(self) -> list[float]:
+        """Each frame's deviation from QEMU's nominal schedule, from its MAC's first frame."""
+        deviations = []
+        for times in self.per_mac().values():
+            for index, stamp in enumerate(times[: len(NOMINAL_MS)]):
+                deviations.append((stamp - times[0]) * 1000 - NOMINAL_MS[index])
+        return deviations
+
+    @property
+    def switch_moved(self) -> bool:
+        return all(self.moved.get(mac) == port for mac, port in self.expected.items())
+
+    @property
+    def reachable(self) -> bool:
+        """Traffic for every vNIC reaches the guest on its new host, through the guest's own port."""
+        return bool(self.nics) and all(n.delivered is not None and n.on_guest_port for n in self.nics.values())
+
+    @property
+    def ok(self) -> bool:
+        return self.switch_moved and self.reachable and not self.bad_frames and not self.stray and bool(self.frames)
+
+
+def linux_bridge_fdb(run: object, bridge: str) -> dict[str, str]:
+    """MAC -> port the Linux bridge has learned it on (`bridge -j fdb show br BR`, dynamic entries)."""
+    done: subprocess.CompletedProcess[str] = run(["bridge", "-j", "fdb", "show", "br", bridge])  # type: ignore[operator]
+    learned: dict[str, str] = {}
+    for entry in json.loads(done.stdout or "[]"):
+        if entry.get("master") == bridge and "permanent" not in entry.get("state", "") and entry.get("mac"):
+            learned[entry["mac"].lower()] = entry.get("ifname", "")
+    return learned
+
+
+def summary(migrations: list[Migration]) -> dict[str, float | None]:
+    """Median and max of the lags, the schedule offsets and the time until traffic reached the guest."""
+    def stats(values: list[float]) -> tuple[float | None, float | None]:
+        return (statistics.median(values), max(values)) if values else (None, None)
+
+    series = {
+        "lag_resumed_ms": [m.lag_resumed_ms for m in migrations],
+        "lag_qemu_ms": [m.lag_qemu_ms for m in migrations],
+        "lag_qemu_host_ms": [m.lag_qemu_host_ms for m in migrations],
+        "offset_ms": [abs(o) for m in migrations for o in m.offsets_ms()],
+        "traffic_ms": [m.traffic_ms(mac) for m in migrations for mac in m.nics],
+        "traffic_after_wiring_ms": [m.traffic_after_wiring_ms for m in migrations],
+        "frame_after_wiring_ms": [m.frame_after_wiring_ms for m in migrations],
+    }
+    out: dict[str, float | None] = {}
+    for name, values in series.items():
+        present = [v for v in values if v is not None]
+        out[f"{name}_median"], out[f"{name}_max"] = stats(present)
+    return out
