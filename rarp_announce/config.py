@@ -11,13 +11,16 @@ import dataclasses
 import math
 import os
 import re
+import stat
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping
 
 from rarp_announce.errors import InputError
+from rarp_announce.ipaddr import parse_ip
 from rarp_announce.names import valid_ifname
 from rarp_announce.mac import normalize_mac
+from rarp_announce.model import AddressSource
 from rarp_announce.announce.schedule import Schedule
 
 DEFAULT_CONFIG_PATH = "/etc/rarp-announce/config.toml"
@@ -31,6 +34,12 @@ LogFormat = Literal["text", "json"]
 HANDOFF_TIMEOUT_MAX = 0.5
 WAITER_TIMEOUT_MAX = 86400.0
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; more is a mistake
+ADDRESS_SOURCES: tuple[AddressSource, ...] = ("metadata", "config", "lease", "arp", "agent")
+# The guest agent is opt-in: libvirt waits for qemu-guest-agent without a bound of its own by
+# default (virDomainAgentSetResponseTimeout, "block"), and a guest without the agent never answers.
+DEFAULT_ADDRESS_SOURCES: tuple[AddressSource, ...] = ("metadata", "config", "lease", "arp")
+AGENT_TIMEOUT_MAX = 60.0  # the announcement waits for the addresses: longer defeats its purpose
+MAX_ADDRESSES_PER_MAC = 64  # every address costs a GARP or NA per round: 64 is already a lot of frames
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,7 @@ class DaemonConfig:
     retry_timeout: float = 60.0  # seconds to keep retrying a target whose device is not ready
     retry_interval: float = 0.5
     device_added_window: float = 300.0
+    handoff_expiry: float = 600.0  # a hand-off no migration followed is forgotten after this
     keepalive_interval: int = 5
     keepalive_count: int = 3
     reconnect_max: float = 30.0
@@ -79,6 +89,16 @@ class OvsConfig:
 
 
 @dataclass(frozen=True)
+class AddressesConfig:
+    """Where a vNIC's IP addresses come from, for the gratuitous ARPs and neighbour advertisements."""
+
+    sources: tuple[AddressSource, ...] = DEFAULT_ADDRESS_SOURCES  # asked in this order; the first to name an IP wins
+    agent_timeout: float = 2.0  # seconds each libvirt source (the guest agent above all) and announce-self may take
+    guest_announce: bool = False  # also ask QEMU's announce-self, so the guest announces itself (taints the domain)
+    macs: dict[str, tuple[str, ...]] = field(default_factory=dict)  # normalized MAC -> canonical IPs
+
+
+@dataclass(frozen=True)
 class Config:
     schedule: Schedule = field(default_factory=Schedule)
     connect: str | None = None
@@ -89,6 +109,7 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     hook: HookConfig = field(default_factory=HookConfig)
     ovs: OvsConfig = field(default_factory=OvsConfig)
+    addresses: AddressesConfig = field(default_factory=AddressesConfig)
 
 
 def libvirt_uri(cli_value: str | None, config: Config) -> str:
@@ -105,15 +126,7 @@ def load_config(path: str | None) -> Config:
         if not os.path.exists(DEFAULT_CONFIG_PATH):
             return Config()
         path = DEFAULT_CONFIG_PATH
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
-        raise InputError(f"config file {path!r} does not exist: create it or drop --config") from None
-    except IsADirectoryError:
-        raise InputError(f"config file {path!r} is a directory: give the path of a .toml file") from None
-    except OSError as exc:
-        raise InputError(f"cannot read config file {path!r}: {exc.strerror}") from None
+    raw = _read_config(path)
     if len(raw) > MAX_CONFIG_BYTES:
         raise InputError(f"config file {path!r} is larger than {MAX_CONFIG_BYTES} bytes: is it the right file?")
     try:
@@ -122,15 +135,40 @@ def load_config(path: str | None) -> Config:
         raise InputError(f"config file {path!r} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"config file {path!r} is not valid TOML: {_one_line(str(exc))}") from None
+    except RecursionError:
+        raise InputError(f"config file {path!r} nests tables or arrays too deeply to be a config") from None
     try:
         return parse_config(document)
     except InputError as exc:
         raise InputError(f"config file {path!r}: {exc}") from None
 
 
+def _read_config(path: str) -> bytes:
+    """The file's bytes, refusing anything but a regular file: a FIFO must not freeze a daemon
+    reloading on SIGHUP (O_NONBLOCK keeps even open() from waiting for a writer)."""
+    shown = repr(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise InputError(f"config file {shown} does not exist: create it or drop --config") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read config file {shown}: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise InputError(f"config file {shown} is a directory: give the path of a .toml file")
+        if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):  # /dev/null: an empty config
+            raise InputError(f"config file {shown} is not a regular file: give the path of a .toml file")
+        return os.read(fd, MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read config file {shown}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
 def parse_config(document: Mapping[str, Any]) -> Config:
     """A Config from an already parsed TOML document (the checks of load_config, without the file)."""
-    _only_keys("", document, ("connect", "sysfs_root", "schedule", "uplinks", "ignore", "daemon", "hook", "ovs"))
+    _only_keys("", document, ("connect", "sysfs_root", "schedule", "uplinks", "ignore", "daemon", "hook", "ovs", "addresses"))
     connect = _optional_str(document, "connect", "")
     sysfs_root = _str(document, "sysfs_root", "", "/sys")
     if not sysfs_root.startswith("/"):
@@ -145,6 +183,7 @@ def parse_config(document: Mapping[str, Any]) -> Config:
         daemon=_daemon(_table(document, "daemon")),
         hook=_hook(_table(document, "hook")),
         ovs=_ovs(_table(document, "ovs")),
+        addresses=_addresses(_table(document, "addresses")),
     )
 
 
@@ -223,7 +262,7 @@ def _daemon(table: Mapping[str, Any]) -> DaemonConfig:
         values["metrics"] = _metrics(table["metrics"])
     if "log_format" in table:
         values["log_format"] = _choice(table, "log_format", "daemon", ("text", "json"))
-    for key in ("retry_timeout", "retry_interval", "device_added_window", "reconnect_max"):
+    for key in ("retry_timeout", "retry_interval", "device_added_window", "reconnect_max", "handoff_expiry"):
         if key in table:
             values[key] = _positive(table[key], f"[daemon] {key}")
     if "keepalive_interval" in table:
@@ -277,6 +316,71 @@ def _ovs(table: Mapping[str, Any]) -> OvsConfig:
     if "wiring_timeout" in table:
         values["wiring_timeout"] = _positive(table["wiring_timeout"], "[ovs] wiring_timeout")
     return OvsConfig(**values)
+
+
+def _addresses(table: Mapping[str, Any]) -> AddressesConfig:
+    _only_keys("addresses", table, ("sources", "agent_timeout", "guest_announce", "macs"))
+    values: dict[str, Any] = {}
+    if "sources" in table:
+        values["sources"] = _address_sources(table["sources"])
+    if "agent_timeout" in table:
+        values["agent_timeout"] = hook_timeout(table["agent_timeout"], "key [addresses] agent_timeout", AGENT_TIMEOUT_MAX)
+    if "guest_announce" in table:
+        value = table["guest_announce"]
+        if not isinstance(value, bool):
+            raise InputError(f"key [addresses] guest_announce: expected true or false, got {_shown(value)}")
+        values["guest_announce"] = value
+    if "macs" in table:
+        values["macs"] = _address_macs(table["macs"])
+    return AddressesConfig(**values)
+
+
+def _address_sources(value: Any) -> tuple[AddressSource, ...]:
+    if not isinstance(value, list):
+        raise InputError(f"key [addresses] sources: expected a list such as {list(DEFAULT_ADDRESS_SOURCES)}, got {_shown(value)}")
+    sources: list[AddressSource] = []
+    for index, source in enumerate(value):
+        if source not in ADDRESS_SOURCES:
+            raise InputError(
+                f"key [addresses] sources[{index}]: expected one of {', '.join(ADDRESS_SOURCES)}, got {_shown(source)}"
+            )
+        if source in sources:
+            # The order is the precedence: a second mention could only mean a mistake.
+            raise InputError(f"key [addresses] sources[{index}]: {source!r} is listed twice")
+        sources.append(source)
+    return tuple(sources)
+
+
+def _address_macs(value: Any) -> dict[str, tuple[str, ...]]:
+    if not isinstance(value, dict):
+        raise InputError(f"key [addresses] macs: expected a table [addresses.macs], got {_shown(value)}")
+    macs: dict[str, tuple[str, ...]] = {}
+    spelled: dict[str, str] = {}
+    for name, addresses in value.items():
+        # A quoted TOML key may hold anything, a newline included: show it quoted unless plain.
+        key = f"[addresses.macs] {name if name.isprintable() and len(name) <= 40 else _shown(name)}"
+        try:
+            mac = normalize_mac(name)
+        except InputError as exc:
+            raise InputError(f"key {key}: {exc}") from None
+        if mac in spelled:
+            raise InputError(f"key {key}: the same MAC as key {spelled[mac]!r}; merge the two lists")
+        if not isinstance(addresses, list) or not all(isinstance(item, str) for item in addresses):
+            raise InputError(f'key {key}: expected a list of IP addresses such as ["192.0.2.10", "2001:db8::10"], got {_shown(addresses)}')
+        if len(addresses) > MAX_ADDRESSES_PER_MAC:
+            raise InputError(f"key {key}: {len(addresses)} addresses, at most {MAX_ADDRESSES_PER_MAC} per MAC")
+        canonical: list[str] = []
+        for index, text in enumerate(addresses):
+            try:
+                ip = parse_ip(text)
+            except InputError as exc:
+                raise InputError(f"key {key}[{index}]: {exc}") from None
+            if ip in canonical:
+                raise InputError(f"key {key}[{index}]: {ip} is listed twice")
+            canonical.append(ip)
+        spelled[mac] = name
+        macs[mac] = tuple(canonical)
+    return macs
 
 
 _ENDPOINT = re.compile(r"^(unix:/\S+|tcp:[^\s:]+:[0-9]{1,5}|tcp:\[[0-9a-fA-F:]+\]:[0-9]{1,5})$")

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from rarp_announce.errors import AnnounceError, InputError
 
 MAX_REQUEST = 4 * 1024 * 1024
 READ_TIMEOUT = 5.0
+MAX_CLIENTS = 64  # at once; the hook's hand-off lasts milliseconds
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 _log = logging.getLogger("rarp_announce.daemon")
@@ -38,6 +40,7 @@ class ControlServer:
         self._clients: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
+        check_socket_path(self.path)
         directory = os.path.dirname(self.path) or "."
         try:
             os.makedirs(directory, mode=0o755, exist_ok=True)
@@ -68,6 +71,10 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        if len(self._clients) >= MAX_CLIENTS:
+            writer.write(json.dumps(_error("too many clients at once: try again")).encode() + b"\n")
+            writer.close()
+            return
         self._clients.add(task)
         try:
             response = await self._answer(reader)
@@ -96,6 +103,8 @@ class ControlServer:
             request = json.loads(line)
         except (ValueError, UnicodeDecodeError):
             return _error("request is not valid JSON")
+        except RecursionError:
+            return _error("request nests too deeply: one flat JSON object is expected")
         if not isinstance(request, dict) or not isinstance(request.get("op"), str):
             return _error('request must be a JSON object with a string "op"')
         try:
@@ -133,31 +142,65 @@ def _clear_stale(path: str) -> None:
     )
 
 
-def request(path: str, message: dict[str, Any], *, timeout: float = 5.0) -> dict[str, Any]:
-    """Send one request to a daemon's control socket and return its answer (blocking, stdlib only)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
+MAX_ANSWER = 16 * 1024 * 1024  # a status of thousands of arrivals is a few MB; more is not a daemon
+_SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating NUL (unix(7))
+
+
+def check_socket_path(path: str) -> None:
+    """InputError when `path` cannot be a Unix socket's address (too long, NUL, empty)."""
     try:
+        size = len(os.fsencode(path))
+    except (UnicodeError, TypeError):
+        raise InputError(f"control socket path {path!r} cannot be encoded") from None
+    if not path or "\0" in path:
+        raise InputError("the control socket path is empty or holds a NUL byte")
+    if size > _SUN_PATH_MAX:
+        raise InputError(
+            f"control socket path is {size} bytes: a Unix socket's address holds at most {_SUN_PATH_MAX} (unix(7)); "
+            "choose a shorter --control-socket"
+        )
+
+
+def request(path: str, message: dict[str, Any], *, timeout: float = 5.0) -> dict[str, Any]:
+    """Send one request to a daemon's control socket and return its answer (blocking, stdlib only).
+
+    Bounded like any peer should be: `timeout` covers connecting, sending and the whole answer
+    (a daemon that drips never holds the caller longer), an answer over MAX_ANSWER bytes is
+    refused, and every failure is one AnnounceError line.
+    """
+    check_socket_path(path)
+    deadline = time.monotonic() + timeout
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        sock.settimeout(timeout)
         try:
             sock.connect(path)
         except FileNotFoundError:
             raise AnnounceError(f"no daemon control socket at {path}: is `rarp-announce daemon` running?") from None
-        except OSError as exc:
-            raise AnnounceError(f"cannot reach the daemon at {path}: {exc.strerror}") from None
         sock.sendall(json.dumps(message, separators=(",", ":")).encode() + b"\n")
-        chunks = []
         while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise socket.timeout
+            sock.settimeout(remaining)
             chunk = sock.recv(65536)
             if not chunk:
                 break
+            size += len(chunk)
+            if size > MAX_ANSWER:
+                raise AnnounceError(f"the daemon at {path} sent more than {MAX_ANSWER} bytes: not an answer")
             chunks.append(chunk)
     except socket.timeout:
         raise AnnounceError(f"the daemon at {path} did not answer within {timeout:g} s") from None
+    except OSError as exc:
+        raise AnnounceError(f"cannot reach the daemon at {path}: {exc.strerror or exc}") from None
     finally:
         sock.close()
     try:
         answer = json.loads(b"".join(chunks))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise AnnounceError(f"the daemon at {path} sent an unreadable answer") from None
     if not isinstance(answer, dict):
         raise AnnounceError(f"the daemon at {path} sent an unreadable answer")

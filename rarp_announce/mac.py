@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from rarp_announce.errors import InputError
+from rarp_announce.names import shown
 
 _SEPARATED = re.compile(r"^[0-9a-f]{2}([:-])[0-9a-f]{2}(\1[0-9a-f]{2}){4}$")
 _CISCO = re.compile(r"^[0-9a-f]{4}\.[0-9a-f]{4}\.[0-9a-f]{4}$")
@@ -19,7 +20,7 @@ def parse_mac(text: str) -> bytes:
     if _SEPARATED.match(spelled) or _CISCO.match(spelled) or _BARE.match(spelled):
         octets = bytes.fromhex(re.sub(r"[:.\-]", "", spelled))
     else:
-        raise InputError(f"invalid MAC {text!r}: expected six octets as {_FORMS}")
+        raise InputError(f"invalid MAC {shown(text)!r}: expected six octets as {_FORMS}")
     if octets == b"\x00" * 6:
         raise InputError(f"MAC {text!r} is all zeros: it is never a vNIC's address")
     if octets == b"\xff" * 6:

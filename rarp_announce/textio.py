@@ -1,25 +1,48 @@
-"""Writing report lines to a pipe that may close: frames matter more than their report."""
+"""Writing report lines to an output that may close or fill up: frames matter more than their report.
+
+A reader that goes away (`... | head`, stdout closed) silences the report and nothing else;
+an output that fails otherwise (a full disk) is remembered, so the command can say so in one
+line at the end, after every frame was sent.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import TextIO
 
+_failures: list[OSError] = []
 
-def emit_line(stream: TextIO, text: str) -> bool:
-    """Write one line and flush; False when the reader has gone (`... | head`), never an error."""
+
+def emit_line(stream: TextIO | None, text: str) -> bool:
+    """Write one line and flush; False when it could not be written, never an error."""
+    if stream is None:  # started with that descriptor closed (`>&-`)
+        return False
     try:
         stream.write(text + "\n")
         stream.flush()
         return True
     except BrokenPipeError:
-        _mute(stream)
+        mute(stream)
+        return False
+    except (OSError, ValueError) as exc:  # ValueError: the stream object was closed
+        if isinstance(exc, OSError) and exc.errno != errno.EBADF:
+            _failures.append(exc)
+        mute(stream)
         return False
 
 
-def _mute(stream: TextIO) -> None:
-    # Python's own flush at exit would fail again; the remedy its docs give (signal module,
-    # "Note on SIGPIPE") is pointing the descriptor at /dev/null.
+def output_failure() -> OSError | None:
+    """The first write to an output that failed for a reason a person must hear (a full disk)."""
+    return _failures[0] if _failures else None
+
+
+def mute(stream: TextIO) -> None:
+    """Point the stream's descriptor at /dev/null, dropping what it still buffers.
+
+    Python's own flush at exit would fail again; the remedy its docs give (signal module,
+    "Note on SIGPIPE") is pointing the descriptor at /dev/null.
+    """
     try:
         fd = stream.fileno()
     except (OSError, ValueError, AttributeError):
@@ -27,5 +50,7 @@ def _mute(stream: TextIO) -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, fd)
+    except OSError:
+        pass
     finally:
         os.close(devnull)

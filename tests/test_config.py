@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rarp_announce import config as config_module
-from rarp_announce.config import Config, DaemonConfig, HookConfig, libvirt_uri, load_config
+from rarp_announce.config import AddressesConfig, Config, DaemonConfig, HookConfig, libvirt_uri, load_config
 from rarp_announce.errors import InputError
 from rarp_announce.announce.schedule import Schedule
 
@@ -231,3 +231,81 @@ def test_config_module_loads_no_heavy_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+ADDRESSES = """
+[addresses]
+sources = ["config", "lease", "agent"]
+agent_timeout = 0.5
+guest_announce = true
+
+[addresses.macs]
+"52-54-00-12-34-56" = ["192.0.2.10", "2001:DB8:0:0::10"]
+"5254.0012.3457" = []
+"""
+
+
+def test_addresses_section_is_read(tmp_path):
+    config = load_config(write(tmp_path, ADDRESSES))
+    assert config.addresses == AddressesConfig(
+        sources=("config", "lease", "agent"),
+        agent_timeout=0.5,
+        guest_announce=True,
+        macs={"52:54:00:12:34:56": ("192.0.2.10", "2001:db8::10"), "52:54:00:12:34:57": ()},
+    )
+    assert config == Config(addresses=config.addresses)  # nothing else moved
+
+
+def test_addresses_defaults(tmp_path):
+    addresses = load_config(write(tmp_path, "")).addresses
+    assert addresses == AddressesConfig()
+    # the guest agent is opt-in: qemu-guest-agent may never answer
+    assert addresses.sources == ("metadata", "config", "lease", "arp")
+    assert (addresses.agent_timeout, addresses.guest_announce, addresses.macs) == (2.0, False, {})
+    assert load_config(write(tmp_path, "[addresses]\nsources = []\n")).addresses.sources == ()
+    assert load_config(write(tmp_path, "[addresses]\nagent_timeout = 3\n")).addresses.agent_timeout == 3.0
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("addresses = 1", "key addresses: expected a table [addresses], got 1"),
+        ("[addresses]\nsource = []", "unknown key [addresses] source: expected one of sources, agent_timeout, guest_announce, macs"),
+        ('[addresses]\nsources = "lease"', "key [addresses] sources: expected a list such as ['metadata', 'config', 'lease', 'arp'], got 'lease'"),
+        ('[addresses]\nsources = ["lease", "dhcp"]', "key [addresses] sources[1]: expected one of metadata, config, lease, arp, agent, got 'dhcp'"),
+        ('[addresses]\nsources = ["lease", 3]', "key [addresses] sources[1]: expected one of metadata, config, lease, arp, agent, got 3"),
+        ('[addresses]\nsources = ["arp", "lease", "arp"]', "key [addresses] sources[2]: 'arp' is listed twice"),
+        ("[addresses]\nagent_timeout = 0", "key [addresses] agent_timeout: expected a number of seconds, 0 < s <= 60, got 0"),
+        ("[addresses]\nagent_timeout = -1.5", "key [addresses] agent_timeout: expected a number of seconds, 0 < s <= 60, got -1.5"),
+        ("[addresses]\nagent_timeout = 61", "key [addresses] agent_timeout: expected a number of seconds, 0 < s <= 60, got 61"),
+        ("[addresses]\nagent_timeout = nan", "key [addresses] agent_timeout: expected a number of seconds, 0 < s <= 60, got nan"),
+        ('[addresses]\nagent_timeout = "2"', "key [addresses] agent_timeout: expected a number of seconds, 0 < s <= 60, got '2'"),
+        ("[addresses]\nagent_timeout = true", "key [addresses] agent_timeout: expected a number of seconds, 0 < s <= 60, got True"),
+        ('[addresses]\nguest_announce = "yes"', "key [addresses] guest_announce: expected true or false, got 'yes'"),
+        ("[addresses]\nguest_announce = 1", "key [addresses] guest_announce: expected true or false, got 1"),
+        ("[addresses]\nmacs = 5", "key [addresses] macs: expected a table [addresses.macs], got 5"),
+        ('[addresses.macs]\n"nope" = ["192.0.2.10"]', "key [addresses.macs] nope: invalid MAC 'nope'"),
+        ('[addresses.macs]\n"01:00:5e:00:00:01" = ["192.0.2.10"]', "key [addresses.macs] 01:00:5e:00:00:01: MAC '01:00:5e:00:00:01' is a multicast address"),
+        ('[addresses.macs]\n"52:54:00:12:34:56\\nx" = ["192.0.2.10"]', "key [addresses.macs] '52:54:00:12:34:56\\nx': invalid MAC"),
+        ('[addresses.macs]\n"52:54:00:12:34:56" = "192.0.2.10"', 'key [addresses.macs] 52:54:00:12:34:56: expected a list of IP addresses such as ["192.0.2.10", "2001:db8::10"], got \'192.0.2.10\''),
+        ('[addresses.macs]\n"52:54:00:12:34:56" = [1]', "key [addresses.macs] 52:54:00:12:34:56: expected a list of IP addresses"),
+        ('[addresses.macs]\n"52:54:00:12:34:56" = ["192.0.2.10", "127.0.0.1"]',
+         "key [addresses.macs] 52:54:00:12:34:56[1]: IP address '127.0.0.1' is a loopback address: it never leaves its host"),
+        ('[addresses.macs]\n"52:54:00:12:34:56" = ["192.0.2.0/24"]', "key [addresses.macs] 52:54:00:12:34:56[0]: IP address '192.0.2.0/24' is a prefix"),
+        ('[addresses.macs]\n"52:54:00:12:34:56" = ["ff02::1"]', "key [addresses.macs] 52:54:00:12:34:56[0]: IP address 'ff02::1' is a multicast address"),
+        ('[addresses.macs]\n"52:54:00:12:34:56" = ["web01"]', "key [addresses.macs] 52:54:00:12:34:56[0]: invalid IP address 'web01'"),
+        ('[addresses.macs]\n"52:54:00:12:34:56" = ["2001:db8::10", "2001:DB8::10"]', "key [addresses.macs] 52:54:00:12:34:56[1]: 2001:db8::10 is listed twice"),
+        ('[addresses.macs]\n"52:54:00:12:34:56" = []\n"52-54-00-12-34-56" = []',
+         "key [addresses.macs] 52-54-00-12-34-56: the same MAC as key '52:54:00:12:34:56'; merge the two lists"),
+        ('[addresses.macs]\n"52:54:00:12:34:56" = [' + ", ".join(f'"10.0.0.{i}"' for i in range(1, 66)) + "]",
+         "key [addresses.macs] 52:54:00:12:34:56: 65 addresses, at most 64 per MAC"),
+    ],
+)
+def test_broken_addresses_keys_are_named_in_one_line(tmp_path, text, message):
+    path = write(tmp_path, text)
+    with pytest.raises(InputError) as caught:
+        load_config(path)
+    text_of_error = str(caught.value)
+    assert text_of_error.startswith(f"config file {path!r}: ")
+    assert message in text_of_error
+    assert "\n" not in text_of_error

@@ -155,6 +155,7 @@ def test_a_second_daemon_refuses_a_socket_in_use_and_replaces_a_stale_one(lab, t
 
     first = lab.daemon(name="same")
     second = lab.daemon(name="same")
+    second.state_dir = str(tmp_path / "second-state")  # its own state dir: the socket is what clashes
     stale = tmp_path / "stale.sock"
     leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     leftover.bind(str(stale))

@@ -128,7 +128,7 @@ def test_sniff_sees_sends_frames_and_a_hand_made_rarp(topology: Topology) -> Non
 def test_sniff_gives_up_after_its_timeout_with_exit_1(topology: Topology) -> None:
     result = topology.exec("switch", [*CLI, "sniff", "--iface", "port_a", "--count", "1", "--timeout", "0.2"])
     assert result.returncode == 1
-    assert result.stderr == "rarp-announce: error: saw 0 of 1 RARP frame(s) on port_a before the timeout\n"
+    assert result.stderr == "rarp-announce: error: saw 0 of 1 frame(s) on port_a before the timeout\n"
 
 
 def test_sniff_on_a_missing_device_is_one_line_exit_1(topology: Topology) -> None:

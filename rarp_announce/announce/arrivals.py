@@ -61,6 +61,10 @@ class Observer:
 
     def gave_up(self, arrival: Arrival, target: Target, reason: str, after: float) -> None: ...
 
+    def expired(self, arrival: Arrival, after: float) -> None: ...
+
+    def guest_announced(self, arrival: Arrival, problem: str | None) -> None: ...
+
 
 @dataclass(eq=False)
 class Arrival:
@@ -70,6 +74,7 @@ class Arrival:
     name: str
     phase: Phase = "incoming"
     source: str = "event"  # what told us: event, hook, catch-up, cli, ...
+    confirmed: bool = False  # libvirt itself reported this arrival (a hand-off alone may never come)
     identity: str | None = None  # the daemon's ledger key for exactly-once across restarts
     xml: str | None = None
     resolution: Resolution | None = None
@@ -138,12 +143,33 @@ class ArrivalTable:
         return entry
 
     def expect_soon(self, uuid: str, name: str, *, xml: str | None = None, source: str = "event",
-                    identity: str | None = None) -> Arrival:
-        """`expect` without waiting for the preparation: for callbacks that must return at once."""
+                    identity: str | None = None, expire_after: float | None = None) -> Arrival:
+        """`expect` without waiting for the preparation: for callbacks that must return at once.
+
+        `expire_after`: forget it after that many seconds unless libvirt confirmed it (`confirm`)
+        or it arrived: a hand-off for a migration that never came must not stay for ever.
+        """
         self.forget(uuid)
-        entry = self.entries[uuid] = Arrival(uuid, name, source=source, identity=identity)
+        entry = self.entries[uuid] = Arrival(uuid, name, source=source, identity=identity, confirmed=source == "event")
         entry.preparing = self._spawn(self._prepare(entry, xml))
+        if expire_after is not None:
+            entry._timer = asyncio.get_running_loop().call_later(expire_after, self._expire, entry, expire_after)
         return entry
+
+    def confirm(self, uuid: str) -> None:
+        """libvirt reported the arrival the hook announced: it no longer expires."""
+        entry = self.entries.get(uuid)
+        if entry is not None:
+            entry.confirmed = True
+            if entry.phase != "arrived" and entry._timer is not None:
+                entry._timer.cancel()
+                entry._timer = None
+
+    def _expire(self, entry: Arrival, after: float) -> None:
+        entry._timer = None
+        if self.entries.get(entry.uuid) is entry and entry.phase != "arrived" and not entry.confirmed:
+            self.forget(entry.uuid)
+            self._notify("expired", entry, after)
 
     def park(self, uuid: str, name: str | None = None) -> None:
         """It is here but paused (the prepare phase, or a migration done with VIR_MIGRATE_PAUSED):
@@ -262,7 +288,7 @@ class ArrivalTable:
         if resolution is None:
             return False
         problems = await self._readiness(resolution, resolution.targets)
-        entry.xml, entry.resolution, entry.problems = xml, resolution, problems
+        entry.xml, entry.resolution, entry.problems = _kept(xml), resolution, problems
         return True
 
     async def _after_arrival(self, entry: Arrival) -> None:
@@ -273,6 +299,10 @@ class ArrivalTable:
         # The live XML after the resume is the truth (a network's actual device, a hot-plug
         # during the migration): re-read it once whether or not the prepare phase was seen.
         await self.reconcile(entry.uuid, reread=True, trigger=entry.trigger)
+        ask_guest = getattr(self.resolver, "guest_announce", None)
+        if ask_guest is not None and self._config().addresses.guest_announce and self.entries.get(entry.uuid) is entry:
+            # After our first round: the guest then announces its own addresses (IPv6 too).
+            self._notify("guest_announced", entry, await ask_guest(entry.uuid))
 
     async def _reconcile_once(self, entry: Arrival, reread: bool, trigger: str | None) -> None:
         xml = entry.xml
@@ -283,6 +313,8 @@ class ArrivalTable:
             if live is not None:
                 xml = live
         if xml is None:
+            xml = self.resolver.live_xml(entry.uuid)
+        if xml is None:
             self._notify("resolve_failed", entry, "no domain XML: libvirt is not reachable")
             return
         resolution = await self._resolve(entry, xml)
@@ -292,7 +324,7 @@ class ArrivalTable:
         problems = await self._readiness(resolution, todo)
         if self.entries.get(entry.uuid) is not entry:
             return
-        entry.xml, entry.resolution, entry.problems = xml, resolution, problems
+        entry.xml, entry.resolution, entry.problems = _kept(xml), resolution, problems
         ready = [t for t in todo if t.route not in problems]
         first = not entry.announced
         self._announce(entry, ready, entry.trigger if first else (trigger or "retry"))
@@ -404,6 +436,15 @@ class ArrivalTable:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             _log.error("arrival task failed", exc_info=task.exception())
+
+
+_KEEP_XML = 256 * 1024
+
+
+def _kept(xml: str | None) -> str | None:
+    """The XML to keep for re-resolving without libvirt: a huge one is read again instead (fifty
+    hand-offs of 4 MiB kept 212 MB)."""
+    return xml if xml is not None and len(xml) <= _KEEP_XML else None
 
 
 def _summary(resolution: Resolution) -> tuple[object, ...]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
 import typer
 
 from rarp_announce.errors import AnnounceError
+from rarp_announce.textio import output_failure
 
 if TYPE_CHECKING:
     from rarp_announce.announcer import FrameEvent, Target
@@ -46,7 +47,34 @@ class _App(typer.Typer):
         except typer.Abort:
             typer.echo("rarp-announce: aborted", err=True)
             sys.exit(1)
-        sys.exit(code if type(code) is int else 0)
+        except BrokenPipeError:
+            _quiet_stdout()  # the reader left (`| head`): nothing more to say to it
+            sys.exit(0)
+        except OSError as error:
+            # Writing the report failed (a full disk, a closed descriptor): one line, not a traceback.
+            _quiet_stdout()
+            _say_error(f"cannot write the output: {error.strerror or error}")
+            sys.exit(1)
+        code = code if type(code) is int else 0
+        failure = output_failure()
+        if failure is not None:
+            _say_error(f"cannot write the output: {failure.strerror or failure} (the frames themselves were sent)")
+            code = code or 1
+        sys.exit(code)
+
+
+def _quiet_stdout() -> None:
+    from rarp_announce.textio import mute
+
+    if sys.stdout is not None:
+        mute(sys.stdout)
+
+
+def _say_error(text: str) -> None:
+    try:
+        typer.echo(f"rarp-announce: error: {text}", err=True)
+    except (OSError, ValueError, AttributeError):
+        pass  # stderr is gone too: the exit code is all that is left
 
 
 def _click_exceptions():

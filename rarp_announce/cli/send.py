@@ -162,24 +162,35 @@ def _ovs_port_number(bridge: str, port: str, config: Config) -> int:
 @app.command()
 def sniff(
     iface: Annotated[str, typer.Option("--iface", "-i", metavar="DEV", help="Device to listen on (a bridge, uplink or switch port).")],
-    count: Annotated[int, typer.Option("--count", "-c", metavar="N", help="Stop after N RARP frames (0: no limit).", min=0)] = 0,
+    count: Annotated[int, typer.Option("--count", "-c", metavar="N", help="Stop after N announcement frames (0: no limit).", min=0)] = 0,
     timeout: Annotated[Optional[float], typer.Option("--timeout", "-t", metavar="S", help="Stop after S seconds.", min=0)] = None,
+    types: Annotated[Optional[list[str]], typer.Option("--type", metavar="TYPE", help="rarp (default), garp or na; repeatable. garp: gratuitous ARP (IPv4), na: unsolicited neighbour advertisement (IPv6).")] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """Print each RARP frame seen on a device, tagged or not, and whether it has QEMU's exact shape.
+    """Print each announcement seen on a device, tagged or not, and whether it has the exact shape.
 
-    Use it to check what reaches a port. Exit 1 when --count frames did not arrive in time.
+    RARP by default (QEMU's frame); with --type garp / --type na the gratuitous ARPs and
+    unsolicited neighbour advertisements too, each with its IP address. Use it to check what
+    reaches a port. Exit 1 when --count frames did not arrive in time.
 
-    Example: rarp-announce sniff --iface br0 --count 5 --timeout 10
+    Examples:
+
+      rarp-announce sniff --iface br0 --count 5 --timeout 10
+
+      rarp-announce sniff --iface br0 --type rarp --type garp --type na --json
     """
     from rarp_announce.sniff import sniff_rarp
 
     try:
-        seen = sniff_rarp(iface, count=count, timeout=timeout, as_json=json_)
+        chosen = tuple(types or ["rarp"])
+        for kind in chosen:
+            if kind not in ("rarp", "garp", "na"):
+                raise InputError(f"invalid --type {kind[:20]!r}: expected rarp, garp or na")
+        seen = sniff_rarp(iface, count=count, timeout=timeout, as_json=json_, kinds=chosen)
     except AnnounceError as error:
         fail(error)
     except KeyboardInterrupt:
         raise typer.Exit(130)
     if count and seen < count:
-        typer.echo(f"rarp-announce: error: saw {seen} of {count} RARP frame(s) on {iface} before the timeout", err=True)
+        typer.echo(f"rarp-announce: error: saw {seen} of {count} frame(s) on {iface} before the timeout", err=True)
         raise typer.Exit(1)

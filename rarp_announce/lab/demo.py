@@ -76,6 +76,9 @@ def migration_story(m: Migration, lab: Lab, write: Write) -> None:
         guest_port = "the guest's port" if nic.on_guest_port else "NOT the guest's port"
         write(f"    {nic.mac} on host {m.destination}'s {nic.bridge}: {where} ({guest_port}); "
               f"client traffic reached the guest's tap {nic.tap}: {reached}")
+    for ip, mac in m.router.items():
+        learned = f"learned {ip} -> {mac}" if mac else f"did NOT learn {ip}"
+        write(f"    the router behind the switch {learned} (from our gratuitous ARP / neighbour advertisement)")
     if m.traffic_after_wiring_ms is not None:
         write(f"    OVS vNIC: traffic reached the guest {m.traffic_after_wiring_ms:.1f} ms after its port was wired")
     if m.lag_resumed_ms is not None:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from xml.sax.saxutils import escape
 
 OVS_VLAN = 100
+ADDRESSES_NS = "urn:x-rarp-announce:addresses:1"  # resolve/addresses.py: the metadata operators write
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,7 @@ class Nic:
     bridge: str  # host bridge it plugs into
     vlan: int | None  # access VLAN on the switch (None: untagged)
     ovs: bool
+    addresses: tuple[str, ...] = ()  # declared in the domain's metadata: announced with GARP / NA
 
     @property
     def switch_vlan(self) -> int:
@@ -47,9 +49,14 @@ class Guest:
 
     def xml(self) -> str:
         interfaces = "".join(_interface(nic) for nic in self.nics)
+        declared = "".join(
+            f"<ra:interface mac='{nic.mac}'>" + "".join(f"<ra:ip address='{ip}'/>" for ip in nic.addresses) + "</ra:interface>"
+            for nic in self.nics if nic.addresses
+        )
+        metadata = f"\n  <metadata><ra:addresses xmlns:ra='{ADDRESSES_NS}'>{declared}</ra:addresses></metadata>" if declared else ""
         return f"""<domain type='{"kvm" if self.kvm else "qemu"}'>
   <name>{escape(self.name)}</name>
-  <uuid>{self.uuid}</uuid>
+  <uuid>{self.uuid}</uuid>{metadata}
   <memory unit='MiB'>64</memory>
   <vcpu>1</vcpu>
   <os><type arch='x86_64' machine='pc'>hvm</type></os>
@@ -90,7 +97,8 @@ def make_guest(*, kvm: bool | None = None, seed: int | None = None) -> Guest:
     rng = random.Random(seed)
     tail = lambda: ":".join(f"{rng.randrange(256):02x}" for _ in range(3))  # noqa: E731
     nics = (
-        Nic(f"52:54:00:{tail()}", "br0", None, False),
-        Nic(f"52:54:00:{tail()}", "ovsbr0", OVS_VLAN, True),
+        # On the router's subnet (topology.ROUTER_ADDRESSES), which it learns from our GARP / NA.
+        Nic(f"52:54:00:{tail()}", "br0", None, False, ("10.99.0.10", "fd00:99::10")),
+        Nic(f"52:54:00:{tail()}", "ovsbr0", OVS_VLAN, True, ("10.99.100.10",)),
     )
     return Guest(f"rarp-lab-{os.getpid()}", nics, kvm_usable() if kvm is None else kvm)

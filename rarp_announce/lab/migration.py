@@ -62,6 +62,7 @@ class Migration:
     nics: dict[str, NicOutcome] = field(default_factory=dict)
     rewiring: Rewiring | None = None
     ovs_mac: str | None = None
+    router: dict[str, str] = field(default_factory=dict)  # guest IP -> MAC the router learned for it
 
     @property
     def first(self) -> float | None:

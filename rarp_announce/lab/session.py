@@ -268,6 +268,7 @@ class Lab:
         wait_until(lambda: all(topo.where(n.mac, n.switch_vlan) == topo.hosts[src].switch_ports[n.bridge]
                                for n in self.guest.nics), 5.0)
         record.fdb_before = self._guest_fdb()
+        topo.router.forget()  # what it knows after the migration it learned from the destination
         self.narrate(f"migration {record.number}: host {src} -> host {dst} (live, precopy)")
         record.started = time.time()
         agent_thread, record.rewiring = self.agent.follow(topo.hosts[dst].ovs, self.events, dst, record.started, timeout)
@@ -300,6 +301,11 @@ class Lab:
                    max(0.0, ready_at + max(settle, 5.0) - time.time()))
         time.sleep(max(0.0, ready_at + settle - time.time()))
         record.moved = {n.mac: topo.where(n.mac, n.switch_vlan) for n in self.guest.nics}
+        # The router sees untagged traffic only (no VLAN interfaces here): the br0 vNIC's addresses.
+        wait_until(lambda: all(topo.router.learned(ip, n.mac) for n in self.guest.nics if not n.vlan for ip in n.addresses),
+                   2.0)
+        record.router = {ip: topo.router.neighbours().get(ip, ("", ""))[0] for n in self.guest.nics if not n.vlan
+                         for ip in n.addresses}
         record.fdb_after = self._guest_fdb()
         self._collect(record)
         self.migrations.append(record)
@@ -378,11 +384,12 @@ class Lab:
             "workdir": str(self.workdir),
             "switch_ns": topo.switch_ns,
             "client_ns": topo.client_ns,
+            "router_ns": topo.router_ns,
             "hosts": {h: net.netns for h, net in topo.hosts.items()},
             "libvirtd": {h: d.pid for h, d in self.libvirtd.items()},
             "daemons": {h: p.pid for h, p in self.daemons.items()},
             "guest": {"name": self.guest.name, "uuid": self.guest.uuid, "kvm": self.guest.kvm,
-                      "nics": [[n.mac, n.bridge, n.vlan, n.ovs] for n in self.guest.nics]},
+                      "nics": [[n.mac, n.bridge, n.vlan, n.ovs, list(n.addresses)] for n in self.guest.nics]},
             "location": self.location,
             "migrations": len(self.migrations),
         }
@@ -395,10 +402,10 @@ class Lab:
         lab = cls(state["mode"], narrate=narrate, qemu_rarp=state["qemu_rarp"], wiring=state["wiring"],
                   rewire_delay=state["rewire_delay"])
         g = state["guest"]
-        lab.guest = Guest(g["name"], tuple(Nic(*nic) for nic in g["nics"]), g["kvm"], g["uuid"])
+        lab.guest = Guest(g["name"], tuple(Nic(m, b, v, o, tuple(a)) for m, b, v, o, a in g["nics"]), g["kvm"], g["uuid"])
         lab.workdir = Path(state["workdir"])
         lab.topology = LabTopology.adopt(lab.workdir, state["switch_ns"], state["hosts"], state["client_ns"],
-                                         drop_qemu_rarp=state["qemu_rarp"] == "drop")
+                                         state["router_ns"], drop_qemu_rarp=state["qemu_rarp"] == "drop")
         for host, ns in state["hosts"].items():
             daemon = Libvirtd(f"lab-host-{host}", ns, lab.workdir / host / "libvirt",
                               ovs_rundir=lab.topology.hosts[host].ovs.rundir)

@@ -2,6 +2,8 @@
 
     switch netns: Linux bridge `sw`, ports a-br, a-ovs, b-br, b-ovs and `cl` to the client
     client netns: `client`, a machine behind the switch that sends traffic to the guest
+    router netns: `router`, a Linux router behind the switch that learns the guest's IPv4 and
+                  IPv6 addresses from our gratuitous ARPs and neighbour advertisements
     host netns h: Linux bridge br0  <- uplink0 ==veth== h-br  (switch)
                   OVS bridge ovsbr0 <- uplink1 ==veth== h-ovs (switch), its own private OVS
                   mig ==veth== the other host's mig: 10.77.0.1/24 and 10.77.0.2/24 carry the
@@ -37,13 +39,16 @@ from pyroute2 import NetNS, netns
 
 from rarp_announce.lab.netns import inside, unique
 from rarp_announce.lab.ovs import PrivateOVS
+from rarp_announce.lab.router import Router
 
 HOSTS = ("a", "b")
 _SERIAL = itertools.count(1)
 MIGRATION_ADDRESS = {"a": "10.77.0.1", "b": "10.77.0.2"}
 SWITCH_BRIDGE = "sw"
-SWITCH_PORTS = ("a-br", "a-ovs", "b-br", "b-ovs", "cl")
+SWITCH_PORTS = ("a-br", "a-ovs", "b-br", "b-ovs", "cl", "rt")
 CLIENT_DEVICE = "client"
+ROUTER_DEVICE = "router"
+ROUTER_ADDRESSES = ("10.99.0.1/24", "fd00:99::1/64")
 HOST_UPLINK_OFPORT = 1
 
 _NFT_DROP_QEMU_RARP = """\
@@ -88,6 +93,7 @@ class LabTopology:
     drop_qemu_rarp: bool = True
     switch_ns: str = field(init=False)
     client_ns: str = field(init=False)
+    router_ns: str = field(init=False)
     hosts: dict[str, LabHost] = field(init=False, default_factory=dict)
     _made_ns: list[str] = field(init=False, default_factory=list)
     _ovs: list[PrivateOVS] = field(init=False, default_factory=list)
@@ -102,7 +108,7 @@ class LabTopology:
             raise
 
     @classmethod
-    def adopt(cls, workdir: Path, switch_ns: str, host_ns: dict[str, str], client_ns: str,
+    def adopt(cls, workdir: Path, switch_ns: str, host_ns: dict[str, str], client_ns: str, router_ns: str,
               drop_qemu_rarp: bool = True) -> "LabTopology":
         """The topology an earlier process built (`lab up`), to migrate in it or tear it down."""
         topo = cls.__new__(cls)
@@ -110,9 +116,11 @@ class LabTopology:
         topo.drop_qemu_rarp = drop_qemu_rarp
         topo.switch_ns = switch_ns
         topo.client_ns = client_ns
+        topo.router_ns = router_ns
         topo.hosts = {}
-        topo._made_ns = [switch_ns, client_ns, *host_ns.values()]
+        topo._made_ns = [switch_ns, client_ns, router_ns, *host_ns.values()]
         topo._ovs = []
+        topo.router = Router(router_ns, ROUTER_DEVICE, ROUTER_ADDRESSES)
         for host, ns in host_ns.items():
             ovs = PrivateOVS(topo.workdir / host / "ovs", netns=ns).adopt()
             topo.hosts[host] = LabHost(host, ns, topo.workdir / host, ovs)
@@ -130,6 +138,7 @@ class LabTopology:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.switch_ns = self._netns("sw")
         self.client_ns = self._netns("cl")
+        self.router_ns = self._netns("rt")
         for host in HOSTS:
             ns = self._netns(host)
             ovs = PrivateOVS(self.workdir / host / "ovs", netns=ns)
@@ -145,10 +154,13 @@ class LabTopology:
                     sw.link("set", ifname=port, master=switch, state="up")
             sw.link("add", ifname="cl", kind="veth", peer={"ifname": CLIENT_DEVICE, "net_ns_fd": self.client_ns})
             sw.link("set", ifname="cl", master=switch, state="up")
+            sw.link("add", ifname="rt", kind="veth", peer={"ifname": ROUTER_DEVICE, "net_ns_fd": self.router_ns})
+            sw.link("set", ifname="rt", master=switch, state="up")
             sw.link("set", ifname=SWITCH_BRIDGE, state="up")
         with NetNS(self.client_ns) as client:
             client.link("set", ifname="lo", state="up")
             client.link("set", ifname=CLIENT_DEVICE, state="up")
+        self.router = Router(self.router_ns, ROUTER_DEVICE, ROUTER_ADDRESSES).setup()
         a, b = self.hosts["a"], self.hosts["b"]
         with NetNS(a.netns) as ha:
             ha.link("add", ifname="mig", kind="veth", peer={"ifname": "mig", "net_ns_fd": b.netns})

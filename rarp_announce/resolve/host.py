@@ -4,15 +4,21 @@ one readiness check of every route. The arrival pipeline asks this; so do the co
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import dataclasses
+import functools
 import logging
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from rarp_announce.config import Config
 from rarp_announce.errors import AnnounceError
-from rarp_announce.model import Resolution, Target
+from rarp_announce.model import Address, Resolution, Target
+from rarp_announce.names import canonical_uuid
 from rarp_announce.resolve import hostnet
+from rarp_announce.resolve.addresses import LIBVIRT_SOURCES, guest_announce, libvirt_addresses
 from rarp_announce.resolve.interfaces import OvsLookup, resolve_xml
 
 if TYPE_CHECKING:
@@ -21,6 +27,15 @@ if TYPE_CHECKING:
 _log = logging.getLogger("rarp_announce.resolve")
 
 OpenFlowPort = Callable[[str, str], Awaitable["int | None"]]
+_INLINE_XML = 64 * 1024  # a domain XML is ~10 KB; bigger ones are resolved off the loop
+_REMEMBERED = 1024  # domains whose libvirt-reported addresses are kept
+_UUID = re.compile(rb"<uuid>\s*([0-9a-fA-F-]{32,36})\s*</uuid>")
+
+
+def _uuid_of(xml: str | bytes) -> str | None:
+    data = xml.encode() if isinstance(xml, str) else xml
+    match = _UUID.search(data[:65536])
+    return canonical_uuid(match.group(1).decode()) if match else None
 """(bridge, port name) -> the port's OpenFlow number, asked of the bridge itself."""
 
 
@@ -46,6 +61,8 @@ class HostResolver:
         self._connection = connection
         self.ovs = ovs
         self.ovs_error = ovs_error
+        self._addresses: collections.OrderedDict[str, tuple[dict[str, list[Address]], list[str]]] = (
+            collections.OrderedDict())
         self._openflow_port = openflow_port
 
     def live_xml(self, uuid: str) -> str | None:
@@ -63,16 +80,71 @@ class HostResolver:
     async def resolve(self, xml: str | bytes) -> Resolution:
         """Targets for `xml` as this host sees them now; InputError for an unusable document."""
         lookup, down, pending = self._ovs_lookup()
+        found, reasons = await self._libvirt_addresses(xml)
         network_bridge = None
         conn = self._connection()
         if conn is not None:
             from rarp_announce.virt.connection import network_bridge_lookup
 
             network_bridge = network_bridge_lookup(conn)
-        resolution = resolve_xml(xml, self._config(), network_bridge=network_bridge, ovs=lookup, ovs_down=down,
-                                 ovs_pending=pending)
+        config = self._config()
+        if len(xml) <= _INLINE_XML:
+            resolution = resolve_xml(xml, config, network_bridge=network_bridge, ovs=lookup, ovs_down=down,
+                                     ovs_pending=pending, found_addresses=found)
+        else:
+            # A document of megabytes takes a parse of up to a second: aside, so every schedule
+            # and request on the loop goes on. The live replica is read through a fixed snapshot
+            # (the loop keeps updating the replica meanwhile).
+            snapshot = getattr(lookup, "snapshot", None)
+            fixed = snapshot() if callable(snapshot) else lookup
+            resolution = await asyncio.get_running_loop().run_in_executor(None, functools.partial(
+                resolve_xml, xml, config, network_bridge=network_bridge, ovs=fixed, ovs_down=down, ovs_pending=pending,
+                found_addresses=found))
+        resolution.notes.extend(f"address not announced: {reason}" for reason in reasons)
         await self._fill_ofports(resolution)
         return resolution
+
+    async def guest_announce(self, uuid: str) -> str | None:
+        """QEMU's announce-self for the domain, when the config asks for it: None when done or
+        not asked, else why not (see resolve.addresses.guest_announce)."""
+        config = self._config()
+        conn = self._connection()
+        if not config.addresses.guest_announce or conn is None:
+            return None
+        import libvirt
+
+        try:
+            dom = conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError as exc:
+            return f"announce-self: the domain is gone ({exc.get_error_message()})"
+        schedule = config.schedule
+        return await guest_announce(dom, rounds=schedule.rounds, initial_ms=schedule.initial_ms, max_ms=schedule.max_ms,
+                                    step_ms=schedule.step_ms, timeout=config.addresses.agent_timeout)
+
+    async def _libvirt_addresses(self, xml: str | bytes) -> tuple[dict[str, list[Address]], list[str]]:
+        """What libvirt knows of the domain's addresses (leases, ARP, the guest agent), asked once
+        per domain and kept: the next resolutions (a port rewired, a device back) reuse it."""
+        config = self._config()
+        if not any(source in LIBVIRT_SOURCES for source in config.addresses.sources):
+            return {}, []
+        uuid = _uuid_of(xml)
+        conn = self._connection()
+        if uuid is None or conn is None:
+            return {}, []
+        if uuid in self._addresses:
+            self._addresses.move_to_end(uuid)
+            return self._addresses[uuid]
+        import libvirt
+
+        try:
+            dom = conn.lookupByUUIDString(uuid)
+        except libvirt.libvirtError:
+            return {}, []  # not defined here yet (a hook's XML): asked again at the next resolution
+        answer = await libvirt_addresses(dom, config.addresses.sources, timeout=config.addresses.agent_timeout)
+        self._addresses[uuid] = answer
+        while len(self._addresses) > _REMEMBERED:
+            self._addresses.popitem(last=False)
+        return answer
 
     async def check(self, targets: Iterable[Target]) -> dict[str, str]:
         """The readiness check: {route: why it cannot carry frames now} for routes that cannot.

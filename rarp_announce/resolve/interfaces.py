@@ -14,22 +14,25 @@ OVS database cannot be read.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from rarp_announce.config import Config
 from rarp_announce.errors import InputError
 from rarp_announce.mac import normalize_mac
-from rarp_announce.model import Kind, OvsPort, Resolution, Skipped, Target, VlanSource
+from rarp_announce.model import Address, Kind, OvsPort, Resolution, Skipped, Target, VlanSource
 from rarp_announce.names import valid_ifname
 from rarp_announce.resolve import hostnet
+from rarp_announce.resolve.addresses import declared_addresses, merge
 from rarp_announce.resolve.domxml import parse_domain
 from rarp_announce.resolve.ovsport import PortInfo, vlan_plan, wiring_problem
 
 NetworkBridge = Callable[[str], "str | None"]
+MAX_TARGETS = 4096  # a trunk of every VLAN is 4094 on one vNIC; 59 such vNICs made 241k targets
 
 
 class OvsLookup(Protocol):
@@ -83,6 +86,7 @@ def resolve_xml(
     ovs: OvsLookup | None = None,
     ovs_down: str | None = None,
     ovs_pending: bool = False,
+    found_addresses: Mapping[str, Sequence[Address]] | None = None,
 ) -> Resolution:
     """Resolve a live domain XML to targets; InputError only when the document itself is unusable.
 
@@ -90,7 +94,10 @@ def resolve_xml(
     virt.connection.network_bridge_lookup). `ovs` answers for Open vSwitch ports; `ovs_down`
     says why it could not be asked (then OVS ports fall back to the XML's VLANs, and their
     OpenFlow port number is left for the caller to find); `ovs_pending` says its answer is
-    coming (then OVS ports wait for it instead). Whether devices can carry frames
+    coming (then OVS ports wait for it instead). `found_addresses` are the vNICs' addresses libvirt
+    reported (resolve.addresses.libvirt_addresses); with those the XML's metadata and the
+    config declare, each target carries its MAC's addresses, in the config's source order.
+    Whether devices can carry frames
     now is not judged here: that is the readiness check (hostnet.device_problems); only a
     port that OVSDB shows not wired yet gets its problem here.
     """
@@ -118,13 +125,33 @@ def resolve_xml(
         except _Skip as skip:
             resolution.skipped.append(Skipped(_normal_or_none(mac_text), kind, label, str(skip)))
             continue
+        room = MAX_TARGETS - len(resolution.targets)
+        if len(found) > room:
+            resolution.skipped.append(Skipped(mac, kind, label, f"more than {MAX_TARGETS} targets in one domain: "
+                                                                f"{len(found) - room} of this vNIC's VLANs not announced"))
+            found = found[:room]
         for target in found:
             if target.key not in seen:
                 seen.add(target.key)
                 resolution.targets.append(target)
+    _attach_addresses(root, config, resolution, found_addresses or {})
     if ovs_down and not ovs_pending and any(t.ovs is not None for t in resolution.targets):
         resolution.notes.append(f"Open vSwitch database not read ({ovs_down}): OVS ports use the domain XML's VLANs")
     return resolution
+
+
+def _attach_addresses(root: ET.Element, config: Config, resolution: Resolution,
+                      found: Mapping[str, Sequence[Address]]) -> None:
+    """Each target gets its MAC's IP addresses: a GARP or NA each, in the same VLAN and route."""
+    if not resolution.targets:
+        return
+    declared, reasons = declared_addresses(root, config.addresses)
+    merged, cut = merge([declared, found], config.addresses.sources)
+    resolution.notes.extend(f"address not announced: {reason}" for reason in reasons + cut)
+    if merged:
+        resolution.targets = [
+            dataclasses.replace(t, addresses=merged[t.mac]) if t.mac in merged else t for t in resolution.targets
+        ]
 
 
 def _interface_targets(element: ET.Element, mac: str, label: str, context: _Context) -> list[Target]:

@@ -8,7 +8,6 @@ The kernel is an independent receiver: it checks the ICMPv6 checksum and hop lim
 from __future__ import annotations
 
 import ipaddress
-import os
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,7 +15,8 @@ from dataclasses import dataclass
 import pytest
 
 from rarp_announce.announce.frames import garp_frame, na_frame
-from rarp_announce.lab.netns import inside, send_raw, unique, wait_until
+from rarp_announce.lab.netns import send_raw, unique, wait_until
+from rarp_announce.lab.router import Router, supported
 from rarp_announce.mac import parse_mac
 from tests.conftest import require
 
@@ -31,28 +31,16 @@ GUEST_LL = "fe80::5054:ff:feab:cdef"
 LEARN_TIMEOUT = 5.0
 
 
-def _ip(*argv: str) -> str:
-    result = subprocess.run(["ip", *argv], capture_output=True, text=True, timeout=10)
-    assert result.returncode == 0, f"ip {' '.join(argv)}: {result.stderr.strip()}"
-    return result.stdout
-
-
 @dataclass(frozen=True)
 class Lab:
-    router: str
+    router: Router
     guest: str
 
     def neighbours(self) -> dict[str, tuple[str, str]]:
-        """{IP: (lladdr, state)} of the router's neighbour table on DEV, as `ip neigh` shows it."""
-        table: dict[str, tuple[str, str]] = {}
-        for line in _ip("-n", self.router, "neigh", "show", "dev", DEV).splitlines():
-            words = line.split()
-            if len(words) >= 4 and words[1] == "lladdr":
-                table[words[0]] = (words[2].lower(), words[-1])
-        return table
+        return self.router.neighbours()
 
     def learned(self, ip: str) -> bool:
-        return self.neighbours().get(ip, ("", ""))[0] == MAC
+        return self.router.learned(ip, MAC)
 
     def send(self, frame: bytes) -> None:
         send_raw(self.guest, UPLINK, frame)
@@ -61,33 +49,17 @@ class Lab:
 @pytest.fixture
 def lab(root_netns: None) -> Iterator[Lab]:
     """A router netns and a guest-host netns joined by a veth; both removed whatever happens."""
-    require(
-        os.path.exists("/proc/sys/net/ipv6/conf/all/accept_untracked_na"),
-        "needs net.ipv6.conf.*.accept_untracked_na (Linux 5.18 or later)",
-    )
+    require(supported(), "needs net.ipv6.conf.*.accept_untracked_na (Linux 5.18 or later)")
     router, guest = unique("rt"), unique("gh")
     made: list[str] = []
     try:
         for name in (router, guest):
-            _ip("netns", "add", name)
+            subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
             made.append(name)
-        _ip("-n", router, "link", "add", DEV, "type", "veth", "peer", "name", UPLINK, "netns", guest)
-        # The recipe: accept unsolicited ARP (arp_accept) and untracked NA (accept_untracked_na),
-        # and be a router on DEV, without which the kernel ignores an untracked NA.
-        with inside(router):
-            for path in (
-                f"/proc/sys/net/ipv4/conf/{DEV}/arp_accept",
-                f"/proc/sys/net/ipv6/conf/{DEV}/accept_untracked_na",
-                f"/proc/sys/net/ipv6/conf/{DEV}/forwarding",
-            ):
-                with open(path, "w") as knob:
-                    knob.write("1")
-        _ip("-n", router, "addr", "add", ROUTER_V4, "dev", DEV)
-        # nodad: the address is usable at once instead of tentative for a second or so.
-        _ip("-n", router, "-6", "addr", "add", ROUTER_V6, "dev", DEV, "nodad")
-        _ip("-n", router, "link", "set", DEV, "up")
-        _ip("-n", guest, "link", "set", UPLINK, "up")
-        yield Lab(router, guest)
+        subprocess.run(["ip", "-n", router, "link", "add", DEV, "type", "veth", "peer", "name", UPLINK, "netns", guest],
+                       check=True, timeout=10)
+        subprocess.run(["ip", "-n", guest, "link", "set", UPLINK, "up"], check=True, timeout=10)
+        yield Lab(Router(router, DEV, (ROUTER_V4, ROUTER_V6)).setup(), guest)
     finally:
         for name in reversed(made):
             subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
@@ -103,7 +75,7 @@ def test_router_learns_ipv4_and_ipv6_from_one_garp_and_one_na(lab: Lab) -> None:
     # Learned from an announcement, never confirmed: STALE (until the router talks to it).
     assert table[GUEST_V4] == (MAC, "STALE")
     assert table[GUEST_V6] == (MAC, "STALE")
-    shown = _ip("-n", lab.router, "neigh", "show", "dev", DEV)
+    shown = subprocess.run(["ip", "-n", lab.router.ns, "neigh", "show", "dev", DEV], capture_output=True, text=True).stdout
     assert f"{GUEST_V4} lladdr {MAC}" in shown
     assert f"{GUEST_V6} lladdr {MAC}" in shown
 

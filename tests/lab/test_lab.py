@@ -85,6 +85,10 @@ def _assert_announced(lab, record) -> None:
     counts = {mac: len(times) for mac, times in record.per_mac().items()}
     assert counts == {mac: ROUNDS for mac in lab.guest.macs}
     _assert_reachable(record)
+    # the router behind the switch learned the br0 vNIC's declared IPv4 and IPv6 addresses from our
+    # gratuitous ARP and neighbour advertisement (its table was flushed before the migration)
+    br0 = next(nic for nic in lab.guest.nics if not nic.vlan)
+    assert record.router == {ip: br0.mac for ip in br0.addresses}, record.router
     if lab.wiring == "late":
         # the OVS vNIC's frames waited for its port to be wired (QEMU's were lost in VLAN 4095),
         # then left at once; the client's traffic followed within the same few milliseconds

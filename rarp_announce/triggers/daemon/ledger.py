@@ -21,14 +21,24 @@ the loop); it is compacted at load to the arrivals of the current boot.
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import errno
+import fcntl
 import json
+import logging
 import os
+import shutil
+import stat
 import time
 from pathlib import Path
 
 from rarp_announce.errors import AnnounceError
 
 LEDGER_NAME = "announced.jsonl"
+LOCK_NAME = "lock"
+_MAX_BYTES = 64 << 20  # ~300k arrivals; a bigger file is not ours
+_log = logging.getLogger("rarp_announce.daemon")
 QEMU_PID_DIR = "/run/libvirt/qemu"
 _MAX_AGE = 30 * 86400.0  # a running domain older than this is announced again at most once more
 
@@ -63,15 +73,25 @@ def arrival_identity(uuid: str, domain_id: int, domain_name: str, *, pid_dir: st
 
 
 class Ledger:
-    """Arrival identities announced on this host, kept in `state_dir/announced.jsonl`."""
+    """Arrival identities announced on this host, kept in `state_dir/announced.jsonl`.
+
+    An aid to exactly-once, never a reason to skip an announcement or to refuse to start: a
+    state dir that is full, read-only, deleted or holds garbage costs at most an arrival
+    announced twice after a restart. Problems are counted (`problems`) and logged once each.
+    Only a second daemon on the same state dir is refused (`lock()`): both would announce
+    every arrival.
+    """
 
     def __init__(self, state_dir: str | os.PathLike[str], *, load: bool = True) -> None:
         self.path = Path(state_dir) / LEDGER_NAME
         self._seen: dict[str, dict[str, object]] = {}
         self._boot = boot_id()
         self._fd: int | None = None
+        self._lock_fd: int | None = None
+        self.problems: collections.Counter[str] = collections.Counter()
+        self._logged: set[str] = set()
         if load:
-            self._load()
+            self.load()
 
     def __contains__(self, identity: str) -> bool:
         return identity in self._seen
@@ -79,50 +99,179 @@ class Ledger:
     def __len__(self) -> int:
         return len(self._seen)
 
+    def lock(self) -> None:
+        """Hold STATE_DIR/lock for this daemon's life; AnnounceError if another daemon holds it."""
+        directory = self.path.parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            self._problem("lock", f"cannot create the lock in {directory}: {exc.strerror}; a second daemon "
+                                  "on this state dir would not be noticed")
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise AnnounceError(
+                f"another rarp-announce daemon uses the state dir {directory}: stop it, or give this one its own "
+                "--state-dir and --control-socket"
+            ) from None
+        self._lock_fd = fd
+
     def record(self, identity: str, *, domain: str | None, trigger: str) -> bool:
-        """Remember an announced arrival; False when it was already known."""
+        """Remember an announced arrival; False when it was already known. Never raises."""
         if identity in self._seen:
             return False
         entry = {"id": identity, "domain": domain, "trigger": trigger, "at": time.time()}
         self._seen[identity] = entry
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        # One write() per line of well under PIPE_BUF: a crash never leaves half a record.
-        os.write(self._fd, (json.dumps(entry, separators=(",", ":")) + "\n").encode())
+        line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
+        try:
+            if self._fd is None:
+                self._fd = self._open_for_append()
+            # One write() per line of well under PIPE_BUF: a crash never leaves half a record.
+            _append_line(self._fd, line)
+        except OSError as exc:
+            self.forget_file()
+            self._problem("write", f"cannot write the ledger {self.path}: {exc.strerror}; announcing goes on, "
+                                   "but after a restart an arrival may be announced twice")
         return True
 
-    def close(self) -> None:
+    def _open_for_append(self) -> int:
+        # O_NONBLOCK: a FIFO put in its place must fail here (ENXIO), not hold the loop until a
+        # reader comes; anything but a regular file is refused like a failed write.
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+
+    def forget_file(self) -> None:
         if self._fd is not None:
-            os.close(self._fd)
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
             self._fd = None
 
-    def _load(self) -> None:
+    def close(self) -> None:
+        self.forget_file()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _problem(self, kind: str, message: str) -> None:
+        self.problems[kind] += 1
+        if message not in self._logged:
+            self._logged.add(message)
+            _log.warning("%s", message)
+
+    def load(self) -> None:
+        """Read the arrivals of this boot; compact the file when it held others."""
+        directory = self.path.parent
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            lines = self.path.read_text().splitlines()
-        except FileNotFoundError as exc:
-            if exc.filename == str(self.path):
-                return
-            raise AnnounceError(f"cannot use state dir {self.path.parent}: {exc.strerror}; choose another --state-dir") from None
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
-            raise AnnounceError(f"cannot use state dir {self.path.parent}: {exc.strerror}; choose another --state-dir") from None
+            self._problem("load", f"cannot create the state dir {directory}: {exc.strerror}; starting with an empty ledger")
+            return
+        self._remove_stale_temporary()
+        data = self._read()
+        if data is None:
+            return
         now = time.time()
-        for line in lines:
+        lines = data.split(b"\n")
+        kept = 0
+        for raw in lines:
+            if not raw.strip():
+                continue
             try:
-                entry = json.loads(line)
+                entry = json.loads(raw.decode("utf-8"))
                 identity = entry["id"]
                 fresh = now - float(entry.get("at", 0)) < _MAX_AGE
-            except (ValueError, KeyError, TypeError):
-                continue  # a torn or foreign line costs at most one extra announcement
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
+                self.problems["corrupt_lines"] += 1  # a torn or foreign line costs at most one extra announcement
+                continue
             if isinstance(identity, str) and identity.startswith(self._boot + "/") and fresh:
                 self._seen[identity] = entry
-        if len(self._seen) < len(lines):
+                kept += 1
+        if self.problems["corrupt_lines"]:
+            self._problem("corrupt", f"the ledger {self.path} had {self.problems['corrupt_lines']} unreadable line(s): skipped")
+        if kept < sum(1 for raw in lines if raw.strip()):
             self._rewrite()
 
-    def _rewrite(self) -> None:
+    def _read(self) -> bytes | None:
+        """The ledger's bytes; None (and a logged reason) when it cannot be used as a file."""
+        try:
+            # O_NONBLOCK: a FIFO put there must not freeze the daemon in open() or read().
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self._problem("load", f"cannot read the ledger {self.path}: {exc.strerror}; starting with an empty ledger")
+            return None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                self._problem("load", f"the ledger {self.path} is not a regular file: ignored (remove it)")
+                return None
+            if info.st_size > _MAX_BYTES:
+                self._problem("load", f"the ledger {self.path} is {info.st_size} bytes: ignored as damaged")
+                return None
+            return os.read(fd, _MAX_BYTES)
+        except OSError as exc:
+            self._problem("load", f"cannot read the ledger {self.path}: {exc.strerror}; starting with an empty ledger")
+            return None
+        finally:
+            os.close(fd)
+
+    def _remove_stale_temporary(self) -> None:
+        # Left by a compaction that a crash or a full disk interrupted; never ours to keep.
         tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as out:
-            for entry in self._seen.values():
-                out.write(json.dumps(entry, separators=(",", ":")) + "\n")
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
+        try:
+            if tmp.is_dir() and not tmp.is_symlink():
+                shutil.rmtree(tmp)
+            else:
+                tmp.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            self._problem("load", f"cannot remove the stale {tmp}: {exc.strerror}")
+
+    def _rewrite(self) -> None:
+        """Compact to the arrivals still relevant; best effort (the appends work without it)."""
+        tmp = self.path.with_suffix(".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                data = "".join(json.dumps(entry, separators=(",", ":")) + "\n" for entry in self._seen.values())
+                _write_all(fd, data.encode())  # a short write on a nearly full disk must not replace the ledger
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            self._problem("compact", f"cannot compact the ledger {self.path}: {exc.strerror}; kept as it is")
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Every byte, or OSError: os.write() may write part of it when the disk fills up."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]
+
+
+def _append_line(fd: int, line: bytes) -> None:
+    """Append one record whole or not at all: a short write (a disk that just filled up) is cut
+    back, so the next record does not glue onto half a line and make both unreadable."""
+    before = os.fstat(fd).st_size  # the end, where O_APPEND writes; this daemon is the only writer (lock)
+    written = os.write(fd, line)
+    if written != len(line):
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, before)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

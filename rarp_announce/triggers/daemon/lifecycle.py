@@ -63,7 +63,8 @@ class LibvirtTrigger:
             return
         if step is Step.INCOMING:
             if entry is not None and entry.phase == "incoming" and entry.source != "event":
-                return  # the hook handed this arrival over already; its XML is being prepared
+                self._table.confirm(uuid)  # the hook handed it over already; its XML is being prepared
+                return
             # The entry exists from now on (a resume that follows at once finds it); its live XML
             # is read by the table's task: no libvirt call from inside libvirt's callback.
             arrival = self._table.expect_soon(uuid, dom.name(), source="event")

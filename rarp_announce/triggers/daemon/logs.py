@@ -19,6 +19,14 @@ LOGGER = "rarp_announce.daemon"
 FORMATS = ("text", "json")
 
 
+def _reason(record: logging.LogRecord) -> str | None:
+    """An exception's type and message, on one line: the reason a log line must carry."""
+    if not record.exc_info or record.exc_info[1] is None:
+        return None
+    error = record.exc_info[1]
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
@@ -27,22 +35,37 @@ class _JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         line.update(getattr(record, "fields", {}))
-        return json.dumps(line, separators=(",", ":"))
+        reason = _reason(record)
+        if reason:
+            line["error"] = reason
+        return json.dumps(line, separators=(",", ":"), default=str)
 
 
 class _TextFormatter(logging.Formatter):
+    """`TIME level message key=value ...`: one line per record, whatever a value holds."""
+
     def format(self, record: logging.LogRecord) -> str:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        text = f"{stamp}.{int(record.msecs):03d}Z {record.levelname.lower()} {record.getMessage()}"
-        fields = getattr(record, "fields", {})
+        text = f"{stamp}.{int(record.msecs):03d}Z {record.levelname.lower()} {_one_line(record.getMessage())}"
+        fields = dict(getattr(record, "fields", {}))
+        reason = _reason(record)
+        if reason:
+            fields["error"] = reason
         if fields:
             text += " " + " ".join(f"{key}={_text_value(value)}" for key, value in fields.items())
         return text
 
 
+def _one_line(text: str) -> str:
+    # A domain name (or anything a guest's owner chose) with a newline must not forge a line.
+    return text if text.isprintable() else json.dumps(text)[1:-1]
+
+
 def _text_value(value: object) -> str:
     text = "-" if value is None else str(value)
-    return json.dumps(text) if (" " in text or not text) else text
+    if not text or not text.isprintable() or any(c in text for c in ' "='):
+        return json.dumps(text)
+    return text
 
 
 def setup_logging(log_format: str, stream: TextIO | None = None) -> logging.Logger:
@@ -102,6 +125,10 @@ class LogObserver(Observer):
     def ready(self, arrival: Arrival, target: Target, waited: float, reason: str) -> None:
         log_event(self.log, logging.INFO, "ready", domain=arrival.name, mac=target.mac, route=target.route,
                   vlan=target.vlan, waited=round(waited, 3), was=reason)
+
+    def expired(self, arrival: Arrival, after: float) -> None:
+        log_event(self.log, logging.WARNING, "hand-off expired: no migration of it started here", domain=arrival.name,
+                  uuid=arrival.uuid, after=after)
 
     def gave_up(self, arrival: Arrival, target: Target, reason: str, after: float) -> None:
         log_event(self.log, logging.ERROR, "gave up", domain=arrival.name, mac=target.mac, route=target.route,

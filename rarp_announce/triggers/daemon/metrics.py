@@ -1,14 +1,22 @@
-"""Prometheus metrics of one daemon, served over HTTP from prometheus-client's own thread.
+"""Prometheus metrics of one daemon, served over HTTP from threads of their own.
 
-Each daemon gets its own registry, so tests and benchmarks can run several in one process;
-the HTTP server runs in a daemon thread and never blocks the event loop.
+Each daemon gets its own registry, so tests and benchmarks can run several in one process.
+The HTTP server never blocks the event loop, and it is bounded: at most MAX_CLIENTS
+connections at a time, each closed after IDLE_TIMEOUT seconds without a complete request;
+more are closed at once. prometheus-client's own server keeps a thread per connection for
+as long as the client likes, so 1,020 idle connections took every file descriptor under the
+usual limit of 1024 and the control socket then failed.
 """
 
 from __future__ import annotations
 
+import http.server
+import socket
 import threading
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from rarp_announce.announce.arrivals import Arrival, Observer
 from rarp_announce.config import parse_address
@@ -85,9 +93,10 @@ class Metrics:
     def serve(self, address: str) -> None:
         host, port = parse_address(address)
         try:
-            self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
+            self._server = _BoundedServer(host, port, self.registry)
         except OSError as exc:
             raise InputError(f"cannot serve metrics on {address}: {exc.strerror}; choose a free ADDR:PORT") from None
+        threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True).start()
 
     def close(self) -> None:
         if self._server is not None:
@@ -96,9 +105,63 @@ class Metrics:
             threading.Thread(target=_shut, args=(server,), name="metrics-stop", daemon=True).start()
 
 
-def _shut(server) -> None:
+def _shut(server: _BoundedServer) -> None:
     server.shutdown()
     server.server_close()
+
+
+MAX_CLIENTS = 16
+IDLE_TIMEOUT = 5.0
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """GET /metrics (or /): the registry in Prometheus's text format; anything else 404."""
+
+    server: _BoundedServer
+    timeout = IDLE_TIMEOUT  # StreamRequestHandler applies it to the connection's socket
+
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server dispatches to
+        if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+            self.send_error(404)
+            return
+        body = generate_latest(self.server.registry)
+        self.send_response(200)
+        self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - http.server's signature
+        pass  # scrapes are not events worth a log line
+
+
+class _BoundedServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, host: str, port: int, registry: CollectorRegistry) -> None:
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        self.registry = registry
+        self._slots = threading.BoundedSemaphore(MAX_CLIENTS)
+        self.refused = 0
+        super().__init__((host, port), _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)  # closed at once: its descriptor is back
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 def _reason_label(error: str) -> str:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from rarp_announce.triggers.daemon.service import Daemon
 
 OPS = ("ping", "status", "handoff", "claimed")
+MAX_UNCONFIRMED = 1024  # hand-offs libvirt has not confirmed yet (a host migrates in far fewer)
 
 
 class Requests:
@@ -60,9 +61,13 @@ class Requests:
         current = table.entries.get(uuid)
         if current is not None and current.phase == "incoming" and current.xml == xml:
             return {"ok": True}  # the STARTED/MIGRATED event got here first with the same XML
+        waiting = sum(1 for e in table.entries.values() if e.phase != "arrived" and not e.confirmed)
+        if waiting >= MAX_UNCONFIRMED:
+            return {"ok": False, "error": f"{waiting} hand-offs wait for a migration already: refused"}
         source = str(request.get("source") or "handoff")[:20]
         # Prepared by a task: the hook waits for this answer, and libvirt waits for the hook.
-        table.expect_soon(uuid, domain[:200], xml=xml, source=source)
+        table.expect_soon(uuid, domain[:200], xml=xml, source=source,
+                          expire_after=self.daemon.config.daemon.handoff_expiry)
         self.daemon.counters["handoffs"] += 1
         return {"ok": True}
 

@@ -103,7 +103,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         if self._stopped is None:
             self._stopped = asyncio.Event()
-        self.ledger = Ledger(self.state_dir)
+        self.ledger = Ledger(self.state_dir, load=False)
+        self.ledger.lock()  # before anything else: a second daemon here would announce every arrival too
+        self.ledger.load()
         warm_up()
         register_event_loop(loop)  # before any connection, or events are lost
         self.control = ControlServer(self.control_socket, self.requests.handle)

@@ -85,4 +85,5 @@ def daemon_status(daemon: Daemon) -> dict[str, Any]:
         "last_announcements": list(daemon.status_log.recent)[-20:],
         "counters": dict(daemon.status_log.counters),
         "ledger_entries": len(daemon.ledger),
+        "ledger_problems": dict(daemon.ledger.problems),
     }

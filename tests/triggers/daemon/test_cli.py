@@ -136,10 +136,33 @@ def test_status_without_a_daemon_says_so(tmp_path) -> None:
     assert "is `rarp-announce daemon` running?" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_an_unusable_state_dir_costs_the_ledger_not_the_daemon(tmp_path) -> None:
+    """The ledger is an aid to exactly-once, never a reason not to announce: the daemon starts,
+    says once what it cannot do, and serves."""
+    daemon = subprocess.Popen(
+        [*CLI, "daemon", "--connect", "test:///default", "--state-dir", "/proc/nope/dir",
+         "--control-socket", str(tmp_path / "c.sock")],
+        stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = daemon.stderr.readline()
+            lines.append(line)
+            if "daemon ready" in line or not line:
+                break
+        assert any("daemon ready" in line for line in lines), lines
+        assert [line for line in lines if "/proc/nope/dir" in line and "warning" in line], lines
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        daemon.communicate(timeout=10)
+    assert daemon.returncode == 0
+
+
 @pytest.mark.parametrize(
     "option, message",
-    [("--state-dir", "cannot use state dir /proc/nope/dir"),
-     ("--control-socket", "cannot create the control socket's folder /proc/nope")],
+    [("--control-socket", "cannot create the control socket's folder /proc/nope")],
 )
 def test_unusable_paths_are_one_line_and_exit_1(tmp_path, option, message) -> None:
     paths = {"--state-dir": str(tmp_path / "state"), "--control-socket": str(tmp_path / "c.sock")}
