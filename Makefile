@@ -29,12 +29,14 @@ $(STAMP): pyproject.toml Makefile
 # libvirt takes one event-loop implementation per process: the daemon's tests register
 # libvirtaio's, the lab's observer libvirt's default one, so the lab runs in a pytest of its own.
 test: setup
-	@$(PY) -m pytest -q -m 'not lab'; unit=$$?; \
+	@$(PY) -m mypy; types=$$?; \
+	$(PY) -m pytest -q -m 'not lab'; unit=$$?; \
 	$(PY) -m pytest -q -m lab; lab=$$?; \
-	echo "make test: unit and integration suite exit $$unit, lab suite exit $$lab"; \
-	[ $$unit -eq 0 ] && [ $$lab -eq 0 ]
+	echo "make test: type check exit $$types, unit and integration suite exit $$unit, lab suite exit $$lab"; \
+	[ $$types -eq 0 ] && [ $$unit -eq 0 ] && [ $$lab -eq 0 ]
 
 test-fast: setup
+	$(PY) -m mypy
 	$(PY) -m pytest -q -m 'not lab'
 
 bench: setup

@@ -47,11 +47,15 @@ def _measure(peer: _Peer, send_many) -> dict:
 
 
 def _ours(frame: bytes, count: int):
+    import asyncio
+
     from rarp_announce.errors import DeviceError
-    from rarp_announce.transport import RawSocketSink
+    from rarp_announce.model import Target
+    from rarp_announce.transport.raw import RawSocketSink
 
     sink = RawSocketSink()
-    sink.prepare("tx")
+    target = Target("52:54:00:12:34:56", "tx")
+    asyncio.run(sink.prepare(target, [frame]))
     send = sink.send
 
     def loop() -> int:
@@ -61,7 +65,7 @@ def _ours(frame: bytes, count: int):
             index = start
             try:
                 for index in range(start, count):
-                    send("tx", frame)
+                    send(target, frame)
                 return count - dropped
             except DeviceError:  # a full queue drops the frame; it is not counted as sent
                 dropped += 1

@@ -141,6 +141,10 @@ def load_config(path: str | None) -> Config:
         return parse_config(document)
     except InputError as exc:
         raise InputError(f"config file {path!r}: {exc}") from None
+    except RecursionError:
+        # Dotted table headers ([uplinks.a.a.a...]) nest without recursion in tomllib, then a
+        # check's message (repr of the value) recursed.
+        raise InputError(f"config file {path!r} nests tables or arrays too deeply to be a config") from None
 
 
 def _read_config(path: str) -> bytes:

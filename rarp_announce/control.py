@@ -37,7 +37,8 @@ class ControlServer:
         self.path = path
         self._handler = handler
         self._server: asyncio.AbstractServer | None = None
-        self._clients: set[asyncio.Task[None]] = set()
+        # Every client's task, oldest first -> still reading its request line (evictable).
+        self._clients: dict[asyncio.Task[None], bool] = {}
 
     async def start(self) -> None:
         check_socket_path(self.path)
@@ -71,22 +72,35 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        if len(self._clients) >= MAX_CLIENTS:
+        if len(self._clients) >= MAX_CLIENTS and not self._evict_oldest_reading():
             writer.write(json.dumps(_error("too many clients at once: try again")).encode() + b"\n")
             writer.close()
             return
-        self._clients.add(task)
+        self._clients[task] = True
         try:
-            response = await self._answer(reader)
+            response = await self._answer(reader, task)
             writer.write(json.dumps(response, separators=(",", ":")).encode() + b"\n")
             await asyncio.wait_for(writer.drain(), READ_TIMEOUT)
         except (OSError, asyncio.TimeoutError, asyncio.CancelledError):
             pass
         finally:
-            self._clients.discard(task)
+            self._clients.pop(task, None)
             writer.close()
 
-    async def _answer(self, reader: asyncio.StreamReader) -> dict[str, Any]:
+    def _evict_oldest_reading(self) -> bool:
+        """Make room for a newcomer: the oldest client that has not sent its request yet goes.
+
+        Without it, MAX_CLIENTS connections that never send a byte refused every hook and
+        `status` for READ_TIMEOUT seconds, again and again; a real client sends its line at once.
+        """
+        for task, reading in self._clients.items():
+            if reading:
+                del self._clients[task]
+                task.cancel()
+                return True
+        return False
+
+    async def _answer(self, reader: asyncio.StreamReader, task: asyncio.Task[None]) -> dict[str, Any]:
         try:
             line = await asyncio.wait_for(reader.readuntil(b"\n"), READ_TIMEOUT)
         except asyncio.LimitOverrunError:
@@ -97,6 +111,8 @@ class ControlServer:
             return _error("request must be one JSON object ending with a newline")
         except asyncio.TimeoutError:
             return _error(f"no complete request line within {READ_TIMEOUT:g} s")
+        if task in self._clients:
+            self._clients[task] = False  # its request is in: answered, never evicted
         if len(line) > MAX_REQUEST + 1:
             return _error(f"request larger than {MAX_REQUEST} bytes")
         try:

@@ -19,6 +19,7 @@ def parse_mac(text: str) -> bytes:
     spelled = text.strip().lower()
     if _SEPARATED.match(spelled) or _CISCO.match(spelled) or _BARE.match(spelled):
         octets = bytes.fromhex(re.sub(r"[:.\-]", "", spelled))
+        text = text.strip()  # a MAC's length now: blanks around it are not echoed
     else:
         raise InputError(f"invalid MAC {shown(text)!r}: expected six octets as {_FORMS}")
     if octets == b"\x00" * 6:

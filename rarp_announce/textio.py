@@ -47,7 +47,10 @@ def mute(stream: TextIO) -> None:
         fd = stream.fileno()
     except (OSError, ValueError, AttributeError):
         return
-    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return  # no descriptor left (EMFILE): the output stays broken, but this never raises
     try:
         os.dup2(devnull, fd)
     except OSError:

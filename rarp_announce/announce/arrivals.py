@@ -11,9 +11,11 @@ Reconcile is idempotent: it compares what the resolver says now with what was an
 announces the difference, so calling it twice, or from two triggers, never sends twice.
 
 Waiting is event-driven where the host tells us: an OVS port that is not wired yet waits for
-an OVSDB change (`ovs_changed`), with only a deadline timer. A Linux device that is missing
-or down is re-checked every `retry_interval` until `retry_timeout`, as netlink gives no
-cheaper signal for "this name now exists and has carrier" that all sinks share.
+an OVSDB change (`ovs_changed`), with only a deadline timer. Linux devices that are missing
+or down are re-checked together every `retry_interval` until `retry_timeout`: one readiness
+check for every waiting arrival (each device asked once), and only an arrival whose device
+changed is reconciled. Checked one arrival at a time, 5,000 arrivals waiting for one missing
+bridge held the loop for seconds and opened 5,000 netlink sockets at once.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from rarp_announce.announce.engine import Announcer
 from rarp_announce.config import Config
@@ -34,6 +36,7 @@ _log = logging.getLogger("rarp_announce.announce")
 
 Phase = Literal["incoming", "parked", "arrived"]
 _REREAD_EVERY = 2.0  # seconds between live-XML re-reads while a Linux device is awaited
+_REREADS_PER_CHECK = 32  # live-XML re-reads at most per shared device re-check (libvirt calls)
 
 
 class Resolver(Protocol):
@@ -88,7 +91,7 @@ class Arrival:
     arrived_at: float | None = None
     trigger: str = ""
     seen: float | None = None  # monotonic time the arrival's event reached us (for the latency)
-    preparing: asyncio.Task[bool] | None = None
+    preparing: asyncio.Future[Any] | None = None
     settled: asyncio.Event = field(default_factory=asyncio.Event)
     _reconciling: bool = False
     _dirty: bool = False
@@ -127,6 +130,8 @@ class ArrivalTable:
         self.observers: list[Observer] = list(observers)
         self.entries: dict[str, Arrival] = {}
         self._tasks: set[asyncio.Task[object]] = set()
+        self._device_waits_on: dict[str, Arrival] = {}  # uuid -> an arrival whose Linux device is awaited
+        self._recheck: asyncio.TimerHandle | None = None  # the one timer of the shared device re-check
 
     # ---- what triggers say -------------------------------------------------------------------
 
@@ -138,8 +143,8 @@ class ArrivalTable:
         """
         self.forget(uuid)
         entry = self.entries[uuid] = Arrival(uuid, name, source=source, identity=identity)
-        entry.preparing = asyncio.ensure_future(self._prepare(entry, xml))
-        await asyncio.wait([entry.preparing])
+        preparing = entry.preparing = asyncio.ensure_future(self._prepare(entry, xml))
+        await asyncio.wait([preparing])
         return entry
 
     def expect_soon(self, uuid: str, name: str, *, xml: str | None = None, source: str = "event",
@@ -253,6 +258,7 @@ class ArrivalTable:
     def forget(self, uuid: str) -> Arrival | None:
         """The domain left (stopped, migrated away) or is replaced: stop everything for it."""
         entry = self.entries.pop(uuid, None)
+        self._device_waits_on.pop(uuid, None)
         if entry is not None:
             if entry._timer is not None:
                 entry._timer.cancel()
@@ -273,6 +279,9 @@ class ArrivalTable:
     def close(self) -> None:
         for uuid in list(self.entries):
             self.forget(uuid)
+        if self._recheck is not None:
+            self._recheck.cancel()
+            self._recheck = None
         for task in list(self._tasks):
             task.cancel()
 
@@ -383,26 +392,66 @@ class ArrivalTable:
         return config.ovs.wiring_timeout if target.ovs is not None else config.daemon.retry_timeout
 
     def _device_waits(self, entry: Arrival) -> bool:
-        resolution_problems = entry.resolution.problems if entry.resolution is not None else {}
-        return any(t.route not in resolution_problems for t in entry.pending())
+        return any(not _resolution_problem(entry, t) for t in entry.pending())
 
     def _schedule(self, entry: Arrival) -> None:
-        """Set the one timer of an entry: the next device re-check, or the earliest give-up."""
+        """Set the one timer of an entry (its earliest give-up), and enlist it in the shared device
+        re-check while a Linux device of it is awaited."""
         if entry._timer is not None:
             entry._timer.cancel()
             entry._timer = None
         pending = entry.pending()
         if not pending:
+            self._device_waits_on.pop(entry.uuid, None)
             entry.settled.set()
             return
         entry.settled.clear()
         assert entry.arrived_at is not None
         deadline = min(entry.arrived_at + self._timeout(t) for t in pending)
-        due = deadline
-        if self._device_waits(entry):
-            due = min(due, time.monotonic() + self._config().daemon.retry_interval)
         loop = asyncio.get_running_loop()
-        entry._timer = loop.call_at(loop.time() + max(0.0, due - time.monotonic()), self._wake, entry)
+        entry._timer = loop.call_at(loop.time() + max(0.0, deadline - time.monotonic()), self._wake, entry)
+        if self._device_waits(entry):
+            self._device_waits_on[entry.uuid] = entry
+            if self._recheck is None:
+                self._recheck = loop.call_later(self._config().daemon.retry_interval, self._recheck_due)
+        else:
+            self._device_waits_on.pop(entry.uuid, None)
+
+    def _recheck_due(self) -> None:
+        self._recheck = None
+        self._spawn(self._recheck_devices())
+
+    async def _recheck_devices(self) -> None:
+        """The shared re-check: one readiness check of every awaited Linux device, then a reconcile
+        of each arrival whose devices changed, or whose live XML is due for a re-read."""
+        now = time.monotonic()
+        waiting = [e for e in self._device_waits_on.values()
+                   if self.entries.get(e.uuid) is e and not e._reconciling]
+        routes = {t.route: t for e in waiting for t in e.pending() if not _resolution_problem(e, t)}
+        try:
+            problems = await self.resolver.check(routes.values()) if routes else {}
+        except Exception:  # one failed check must not end every wait: the next one retries
+            _log.exception("shared readiness check failed")
+            problems = None
+        rereads = _REREADS_PER_CHECK
+        for entry in sorted(waiting, key=lambda e: e._last_reread):
+            if self.entries.get(entry.uuid) is not entry:
+                continue
+            awaited = {t.route for t in entry.pending() if not _resolution_problem(entry, t)}
+            changed = problems is None or any(problems.get(r) != entry.problems.get(r) for r in awaited)
+            if not changed:
+                # Nothing new from netlink; the live XML may still have moved the vNIC to
+                # another device, so the longest unread are re-read, a few per check.
+                if rereads == 0 or now - entry._last_reread < _REREAD_EVERY:
+                    continue
+                rereads -= 1
+            self._spawn(self.reconcile(entry.uuid, trigger="retry"))
+        for uuid, entry in list(self._device_waits_on.items()):
+            if self.entries.get(uuid) is not entry or not self._device_waits(entry):
+                del self._device_waits_on[uuid]
+        if self._device_waits_on and self._recheck is None:
+            self._recheck = asyncio.get_running_loop().call_later(self._config().daemon.retry_interval,
+                                                                  self._recheck_due)
 
     def _wake(self, entry: Arrival) -> None:
         entry._timer = None
@@ -445,6 +494,12 @@ def _kept(xml: str | None) -> str | None:
     """The XML to keep for re-resolving without libvirt: a huge one is read again instead (fifty
     hand-offs of 4 MiB kept 212 MB)."""
     return xml if xml is not None and len(xml) <= _KEEP_XML else None
+
+
+def _resolution_problem(entry: Arrival, target: Target) -> bool:
+    """The target waits for something the resolver reported (an OVS port not wired): an OVSDB
+    change ends that wait, not a device re-check."""
+    return entry.resolution is not None and target.route in entry.resolution.problems
 
 
 def _summary(resolution: Resolution) -> tuple[object, ...]:

@@ -112,7 +112,8 @@ class Announcer:
                 continue
             seen.add(target.key)
             fresh.append(target)
-            built.append(self._prepared.pop(target, None) or frames_for(target))
+            prepared = self._prepared.pop(target, None)
+            built.append(prepared if prepared is not None else frames_for(target))
         if not fresh:
             return None
         announcement = Announcement(

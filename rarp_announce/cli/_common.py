@@ -6,9 +6,10 @@ imported inside the commands that need them, so --help and the hook's helpers st
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Annotated, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 
@@ -16,9 +17,10 @@ from rarp_announce.errors import AnnounceError
 from rarp_announce.textio import output_failure
 
 if TYPE_CHECKING:
-    from rarp_announce.announcer import FrameEvent, Target
     from rarp_announce.announce.schedule import Schedule
-    from rarp_announce.transport import Sink
+    from rarp_announce.config import Config
+    from rarp_announce.model import FrameEvent, Target
+    from rarp_announce.transport.base import Sink
 
 
 class _App(typer.Typer):
@@ -36,23 +38,38 @@ class _App(typer.Typer):
             code = super().__call__(*args, standalone_mode=False, **kwargs)
         except exceptions.UsageError as error:
             if type(error).__name__ == "NoArgsIsHelpError":  # bare `rarp-announce`: the help teaches
-                error.show()
+                try:
+                    error.show()
+                except (OSError, ValueError):
+                    pass  # stderr is full or gone: the exit code still says it
                 sys.exit(error.exit_code)
             where = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
-            typer.echo(f"rarp-announce: error: {_one_line(error.format_message())}{where}", err=True)
+            _say_error(f"{_one_line(error.format_message())}{where}")
             sys.exit(error.exit_code)
         except exceptions.ClickException as error:
-            typer.echo(f"rarp-announce: error: {_one_line(error.format_message())}", err=True)
+            _say_error(_one_line(error.format_message()))
             sys.exit(error.exit_code)
         except typer.Abort:
-            typer.echo("rarp-announce: aborted", err=True)
+            _say("rarp-announce: aborted")
             sys.exit(1)
-        except BrokenPipeError:
-            _quiet_stdout()  # the reader left (`| head`): nothing more to say to it
-            sys.exit(0)
+        except SystemExit as exit_:
+            # click's main() ends a broken pipe (EPIPE) itself with exit code 1, before we see the
+            # error: apply our rule instead (the reported failure's code, else the reader left: 0).
+            broken = exit_.__context__
+            if exit_.code == 1 and isinstance(broken, OSError) and broken.errno == errno.EPIPE:
+                reported = _reported_error(broken)
+                sys.exit(reported.exit_code if reported is not None else 0)
+            raise
         except OSError as error:
-            # Writing the report failed (a full disk, a closed descriptor): one line, not a traceback.
             _quiet_stdout()
+            reported = _reported_error(error)
+            if reported is not None:
+                # stderr failed while the command said why it failed: that failure's code stands
+                # (a closed stderr pipe must not turn an input error into success).
+                sys.exit(reported.exit_code)
+            if isinstance(error, BrokenPipeError):
+                sys.exit(0)  # the reader left (`| head`): nothing more to say to it
+            # Writing the report failed (a full disk, a closed descriptor): one line, not a traceback.
             _say_error(f"cannot write the output: {error.strerror or error}")
             sys.exit(1)
         code = code if type(code) is int else 0
@@ -63,6 +80,17 @@ class _App(typer.Typer):
         sys.exit(code)
 
 
+def _reported_error(error: BaseException) -> AnnounceError | None:
+    """The AnnounceError a command was reporting when writing failed (`fail()` inside `except`)."""
+    seen = 0
+    context = error.__context__
+    while context is not None and seen < 10:  # bounded: a context chain is short
+        if isinstance(context, AnnounceError):
+            return context
+        context, seen = context.__context__, seen + 1
+    return None
+
+
 def _quiet_stdout() -> None:
     from rarp_announce.textio import mute
 
@@ -71,17 +99,21 @@ def _quiet_stdout() -> None:
 
 
 def _say_error(text: str) -> None:
+    _say(f"rarp-announce: error: {text}")
+
+
+def _say(line: str) -> None:
     try:
-        typer.echo(f"rarp-announce: error: {text}", err=True)
+        typer.echo(line, err=True)
     except (OSError, ValueError, AttributeError):
-        pass  # stderr is gone too: the exit code is all that is left
+        pass  # stderr is full or gone too: the exit code is all that is left
 
 
 def _click_exceptions():
     try:
         from typer._click import exceptions  # typer >= 0.22 vendors click
     except ImportError:  # older typer depends on click itself
-        from click import exceptions  # type: ignore[no-redef]
+        from click import exceptions  # type: ignore[no-redef, import-not-found, unused-ignore]
     return exceptions
 
 
@@ -132,7 +164,7 @@ def schedule_from_options(base: Schedule | None = None, **given: int | float | N
     from rarp_announce.announce.schedule import Schedule
 
     base = base or Schedule()
-    overrides = {name: value for name, value in given.items() if value is not None}
+    overrides: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
     return dataclasses.replace(base, **overrides)
 
 

@@ -61,6 +61,7 @@ def targets(
         if (xml is None) == (domain is None):
             raise InputError("give exactly one of --xml FILE (or --xml - for stdin) and --domain NAME")
         config = load_config(config_path)
+        document: str | bytes
         if xml is not None:
             document = _read_xml(xml)
             conn = _connect(connect, config) if connect else None
@@ -166,6 +167,10 @@ class _Report(Observer):
 
     def ready(self, arrival: Arrival, target: Target, waited: float, reason: str) -> None:
         typer.echo(f"rarp-announce: note: {_what(target)} ready after {waited:.3f} s", err=True)
+
+    def guest_announced(self, arrival: Arrival, problem: str | None) -> None:
+        if problem is not None:
+            typer.echo(f"rarp-announce: note: guest announce failed: {problem}", err=True)
 
     def gave_up(self, arrival: Arrival, target: Target, reason: str, after: float) -> None:
         if target.route not in self.failed:
@@ -277,18 +282,21 @@ def _host_resolver(config: Config, conn: Any, sink: Sink | None, ovs: _Ovs) -> A
     from rarp_announce.transport.wire import WireSink
 
     snapshot, error = ovs
-    openflow_port = None
+
+    async def one_off(bridge: str, port: str) -> int | None:
+        from rarp_announce.transport.openflow import OpenFlowSink
+
+        lookup = OpenFlowSink(config.ovs.endpoint)
+        try:
+            return await lookup.port_number(bridge, port)
+        finally:
+            lookup.close()
+
+    openflow_port: Any = None
     if isinstance(sink, WireSink):
         openflow_port = sink.openflow.port_number
     elif sink is None:
-        async def openflow_port(bridge: str, port: str) -> int | None:  # noqa: E306 - a one-off lookup
-            from rarp_announce.transport.openflow import OpenFlowSink
-
-            lookup = OpenFlowSink(config.ovs.endpoint)
-            try:
-                return await lookup.port_number(bridge, port)
-            finally:
-                lookup.close()
+        openflow_port = one_off
     return HostResolver(lambda: config, connection=lambda: conn, ovs=snapshot, ovs_error=error,
                         openflow_port=openflow_port)
 

@@ -61,7 +61,7 @@ def migration_story(m: Migration, lab: Lab, write: Write) -> None:
             per_mac_index[seen.mac] = index + 1
             nominal = f"(QEMU schedule {NOMINAL_MS[index]:.0f} ms)" if index < len(NOMINAL_MS) else ""
             vlan = f"VLAN {seen.vlan:<3}" if seen.vlan else "untagged"
-            write(f"      +{(seen.time - first) * 1000:7.1f} ms  {seen.mac}  {vlan}  via port {seen.device:<5}"
+            write(f"      +{(seen.time - (first or seen.time)) * 1000:7.1f} ms  {seen.mac}  {vlan}  via port {seen.device:<5}"
                   f"  {len(seen.frame)} bytes {nominal}")
         shape = "every frame has QEMU's exact bytes and tag" if not m.bad_frames else f"BAD FRAMES: {m.bad_frames[0]}"
         write(f"    checked with scapy: {shape}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import statistics
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -142,9 +143,9 @@ class Migration:
         return self.switch_moved and self.reachable and not self.bad_frames and not self.stray and bool(self.frames)
 
 
-def linux_bridge_fdb(run: object, bridge: str) -> dict[str, str]:
+def linux_bridge_fdb(run: Callable[[list[str]], subprocess.CompletedProcess[str]], bridge: str) -> dict[str, str]:
     """MAC -> port the Linux bridge has learned it on (`bridge -j fdb show br BR`, dynamic entries)."""
-    done: subprocess.CompletedProcess[str] = run(["bridge", "-j", "fdb", "show", "br", bridge])  # type: ignore[operator]
+    done = run(["bridge", "-j", "fdb", "show", "br", bridge])
     learned: dict[str, str] = {}
     for entry in json.loads(done.stdout or "[]"):
         if entry.get("master") == bridge and "permanent" not in entry.get("state", "") and entry.get("mac"):
@@ -157,7 +158,7 @@ def summary(migrations: list[Migration]) -> dict[str, float | None]:
     def stats(values: list[float]) -> tuple[float | None, float | None]:
         return (statistics.median(values), max(values)) if values else (None, None)
 
-    series = {
+    series: dict[str, list[float | None]] = {
         "lag_resumed_ms": [m.lag_resumed_ms for m in migrations],
         "lag_qemu_ms": [m.lag_qemu_ms for m in migrations],
         "lag_qemu_host_ms": [m.lag_qemu_host_ms for m in migrations],

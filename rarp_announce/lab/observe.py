@@ -12,10 +12,12 @@ import socket
 import threading
 import time
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from rarp_announce.lab.netns import capture_socket, ethertype_of, receive_frame
 
 RARP = 0x8035
+_Item = TypeVar("_Item")
 
 
 @dataclass(frozen=True)
@@ -34,23 +36,21 @@ class Seen:
         return int.from_bytes(self.frame[14:16], "big") & 0x0FFF if self.frame[12:14] == b"\x81\x00" else 0
 
 
-class Sniffer:
-    """Every incoming RARP frame on every device of netns `ns`, from start() to stop()."""
+class Watch(Generic[_Item]):
+    """One packet socket on every device of netns `ns`, read by a thread from creation to close();
+    `keep` turns a frame worth keeping into an item (None: not kept)."""
 
-    def __init__(self, ns: str, *, devices: tuple[str, ...] | None = None, prefix: str | None = None,
-                 sent_on: tuple[str, ...] = ()) -> None:
-        """Incoming frames on `devices` (all when None) whose name starts with `prefix`; plus
-        frames leaving the devices in `sent_on` (what a local announcer wrote there)."""
+    def __init__(self, ns: str, *, rcvbuf: int = 4 << 20) -> None:
         self.ns = ns
-        self.devices = devices
-        self.prefix = prefix
-        self.sent_on = sent_on
-        self._seen: list[Seen] = []
+        self._items: list[_Item] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._sock = capture_socket(ns, rcvbuf=4 << 20)
-        self._thread = threading.Thread(target=self._run, name=f"sniff-{ns}", daemon=True)
+        self._sock = capture_socket(ns, rcvbuf=rcvbuf)
+        self._thread = threading.Thread(target=self._run, name=f"watch-{ns}", daemon=True)
         self._thread.start()
+
+    def keep(self, stamp: float, frame: bytes, device: str, outgoing: bool) -> _Item | None:
+        raise NotImplementedError
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -60,33 +60,53 @@ class Sniffer:
                 continue
             except OSError:
                 return
-            sent = address[2] == socket.PACKET_OUTGOING
-            if sent and address[0] not in self.sent_on:
-                continue
-            if ethertype_of(data) != RARP:
-                continue
-            device = address[0]  # (ifname, proto, pkttype, hatype, addr)
-            if not sent and self.devices is not None and device not in self.devices:
-                continue
-            if not sent and self.prefix is not None and not device.startswith(self.prefix):
-                continue
-            with self._lock:
-                self._seen.append(Seen(stamp, device, data, sent))
+            # address: (ifname, proto, pkttype, hatype, addr)
+            item = self.keep(stamp, data, address[0], address[2] == socket.PACKET_OUTGOING)
+            if item is not None:
+                with self._lock:
+                    self._items.append(item)
 
-    def since(self, start: float, until: float | None = None) -> list[Seen]:
+    def items(self) -> list[_Item]:
         with self._lock:
-            return [s for s in self._seen if s.time >= start and (until is None or s.time <= until)]
+            return list(self._items)
 
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
         self._sock.close()
 
-    def __enter__(self) -> "Sniffer":
+    def __enter__(self) -> Watch[_Item]:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class Sniffer(Watch[Seen]):
+    """Every incoming RARP frame on every device of netns `ns`, from start to close()."""
+
+    def __init__(self, ns: str, *, devices: tuple[str, ...] | None = None, prefix: str | None = None,
+                 sent_on: tuple[str, ...] = ()) -> None:
+        """Incoming frames on `devices` (all when None) whose name starts with `prefix`; plus
+        frames leaving the devices in `sent_on` (what a local announcer wrote there)."""
+        self.devices = devices
+        self.prefix = prefix
+        self.sent_on = sent_on
+        super().__init__(ns)
+
+    def keep(self, stamp: float, frame: bytes, device: str, outgoing: bool) -> Seen | None:
+        if outgoing and device not in self.sent_on:
+            return None
+        if ethertype_of(frame) != RARP:
+            return None
+        if not outgoing and self.devices is not None and device not in self.devices:
+            return None
+        if not outgoing and self.prefix is not None and not device.startswith(self.prefix):
+            return None
+        return Seen(stamp, device, frame, outgoing)
+
+    def since(self, start: float, until: float | None = None) -> list[Seen]:
+        return [s for s in self.items() if s.time >= start and (until is None or s.time <= until)]
 
 
 def check_frame(frame: bytes, mac: str, vlan: int | None) -> str | None:

@@ -56,13 +56,14 @@ class Lab:
 
     def __init__(self, mode: str = "daemon", *, kvm: bool | None = None, narrate: Narrate | None = None,
                  phase: Narrate | None = None, keep_workdir: bool = False, qemu_rarp: QemuRarp = "drop",
-                 wiring: Wiring = "late", rewire_delay: float = 2.0) -> None:
+                 wiring: Wiring = "late", rewire_delay: float = 2.0, guest_announce: bool = False) -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
         self.mode = mode
         self.qemu_rarp = qemu_rarp
         self.wiring = wiring
         self.rewire_delay = rewire_delay
+        self.guest_announce = guest_announce
         self.narrate = narrate or (lambda text: None)
         self.phase = phase or (lambda name: None)  # "network", "libvirtd", "announcer", "guest"
         self.keep_workdir = keep_workdir
@@ -183,6 +184,7 @@ class Lab:
         rundir = self.topology.hosts[host].ovs.rundir
         self.config_path(host).write_text(
             f'[ovs]\ndb = "unix:{rundir}/db.sock"\nrundir = "{rundir}"\nwiring_timeout = 60\n'
+            f'[addresses]\nguest_announce = {"true" if self.guest_announce else "false"}\n'
         )
 
     def _install_hook(self, host: str, mode: str) -> None:

@@ -164,8 +164,8 @@ class LabTopology:
         a, b = self.hosts["a"], self.hosts["b"]
         with NetNS(a.netns) as ha:
             ha.link("add", ifname="mig", kind="veth", peer={"ifname": "mig", "net_ns_fd": b.netns})
-        for host in self.hosts.values():
-            self._build_host(host)
+        for lab_host in self.hosts.values():
+            self._build_host(lab_host)
 
     def _build_host(self, host: LabHost) -> None:
         with NetNS(host.netns) as h:

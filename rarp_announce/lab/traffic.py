@@ -14,7 +14,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from rarp_announce.lab.netns import capture_socket, ethertype_of, inside, receive_frame
+from rarp_announce.lab.netns import ethertype_of, inside
+from rarp_announce.lab.observe import Watch
 
 ETHERTYPE = 0x88B5  # IEEE 802 local experimental: no stack on any host answers or learns from it
 CLIENT_MAC = bytes.fromhex("02c11e000001")
@@ -74,43 +75,23 @@ class Arrived:
     mac: str
 
 
-class Delivered:
+class Delivered(Watch[Arrived]):
     """Every client frame a host writes to one of its guest taps (frames the guest receives)."""
 
     def __init__(self, ns: str, prefix: str = "vnet") -> None:
         self.prefix = prefix
-        self._seen: list[Arrived] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._sock = capture_socket(ns, rcvbuf=8 << 20)
-        self._thread = threading.Thread(target=self._run, name=f"delivered-{ns}", daemon=True)
-        self._thread.start()
+        super().__init__(ns, rcvbuf=8 << 20)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                stamp, data, address = receive_frame(self._sock)
-            except (socket.timeout, InterruptedError):
-                continue
-            except OSError:
-                return
-            # (ifname, proto, pkttype, ...): OUTGOING on a tap is the host writing to the guest.
-            if address[2] != socket.PACKET_OUTGOING or not address[0].startswith(self.prefix):
-                continue
-            if ethertype_of(data) != ETHERTYPE or data[6:12] != CLIENT_MAC:
-                continue
-            with self._lock:
-                self._seen.append(Arrived(stamp, address[0], data[:6].hex(":")))
+    def keep(self, stamp: float, frame: bytes, device: str, outgoing: bool) -> Arrived | None:
+        # OUTGOING on a tap is the host writing to the guest.
+        if not outgoing or not device.startswith(self.prefix):
+            return None
+        if ethertype_of(frame) != ETHERTYPE or frame[6:12] != CLIENT_MAC:
+            return None
+        return Arrived(stamp, device, frame[:6].hex(":"))
 
     def first(self, mac: str, since: float) -> Arrived | None:
-        with self._lock:
-            return next((a for a in self._seen if a.mac == mac and a.time >= since), None)
+        return next((a for a in self.items() if a.mac == mac and a.time >= since), None)
 
     def count(self, mac: str, since: float, until: float | None = None) -> int:
-        with self._lock:
-            return sum(1 for a in self._seen if a.mac == mac and a.time >= since and (until is None or a.time <= until))
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-        self._sock.close()
+        return sum(1 for a in self.items() if a.mac == mac and a.time >= since and (until is None or a.time <= until))

@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 from rarp_announce.errors import InputError
 
 MAX_XML_BYTES = 4 * 1024 * 1024
+_SLICE = 64 * 1024  # characters fed to the parser at once; see _parse_in_slices
 _DECLARATIONS = re.compile(r"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 
 
@@ -43,13 +44,24 @@ def parse_domain(xml: str | bytes) -> ET.Element:
     if "\x00" in text:
         raise InputError("domain XML contains a NUL character: not XML")
     try:
-        root = ET.fromstring(text)
+        root = _parse_in_slices(text)
     except ET.ParseError as exc:
         raise InputError(f"malformed domain XML: {_one_line(str(exc))}") from None
     except (ValueError, RecursionError) as exc:
         raise InputError(f"malformed domain XML: {_one_line(str(exc)) or type(exc).__name__}") from None
     if root.tag != "domain":
         raise InputError(f"not a libvirt domain XML: the root element is <{_shown(root.tag)}>, expected <domain>")
+    return root
+
+
+def _parse_in_slices(text: str) -> ET.Element:
+    """ET.fromstring, fed in slices: one fromstring() of megabytes is a single C call that holds
+    the GIL for a quarter second, so a parse run in a worker thread would still stop the event
+    loop; between slices the interpreter hands the GIL over (sys.getswitchinterval)."""
+    parser = ET.XMLParser()
+    for start in range(0, len(text), _SLICE):
+        parser.feed(text[start:start + _SLICE])
+    root: ET.Element = parser.close()
     return root
 
 

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 _log = logging.getLogger("rarp_announce.resolve")
 
 OpenFlowPort = Callable[[str, str], Awaitable["int | None"]]
+"""(bridge, port name) -> the port's OpenFlow number, asked of the bridge itself."""
+
 _INLINE_XML = 64 * 1024  # a domain XML is ~10 KB; bigger ones are resolved off the loop
 _REMEMBERED = 1024  # domains whose libvirt-reported addresses are kept
 _UUID = re.compile(rb"<uuid>\s*([0-9a-fA-F-]{32,36})\s*</uuid>")
@@ -36,7 +38,6 @@ def _uuid_of(xml: str | bytes) -> str | None:
     data = xml.encode() if isinstance(xml, str) else xml
     match = _UUID.search(data[:65536])
     return canonical_uuid(match.group(1).decode()) if match else None
-"""(bridge, port name) -> the port's OpenFlow number, asked of the bridge itself."""
 
 
 class HostResolver:
@@ -64,6 +65,7 @@ class HostResolver:
         self._addresses: collections.OrderedDict[str, tuple[dict[str, list[Address]], list[str]]] = (
             collections.OrderedDict())
         self._openflow_port = openflow_port
+        self._devices = hostnet.SharedCheck()
 
     def live_xml(self, uuid: str) -> str | None:
         """The domain's live XML now, or None when libvirt is not reachable or the domain is gone."""
@@ -73,7 +75,7 @@ class HostResolver:
         if conn is None:
             return None
         try:
-            return conn.lookupByUUIDString(uuid).XMLDesc(0)  # type: ignore[no-any-return]
+            return str(conn.lookupByUUIDString(uuid).XMLDesc(0))
         except libvirt.libvirtError:
             return None
 
@@ -153,7 +155,7 @@ class HostResolver:
         and its bridge's OpenFlow connection is checked by the sink when it prepares.
         """
         devices = {t.device for t in targets if t.ovs is None}
-        return await hostnet.device_problems(devices) if devices else {}
+        return await self._devices.problems(devices) if devices else {}
 
     def _ovs_lookup(self) -> tuple[OvsLookup | None, str | None, bool]:
         """What to ask about OVS ports, why nothing can be asked, and whether an answer is coming."""
@@ -193,10 +195,10 @@ class HostResolver:
         for target in resolution.targets:
             if target in missing:
                 assert target.ovs is not None
-                number = found[(target.ovs.bridge, target.ovs.name)]
-                if isinstance(number, str):
-                    resolution.problems[target.route] = number
+                answer = found[(target.ovs.bridge, target.ovs.name)]
+                if isinstance(answer, str):
+                    resolution.problems[target.route] = answer
                 else:
-                    target = dataclasses.replace(target, ovs=dataclasses.replace(target.ovs, ofport=number))
+                    target = dataclasses.replace(target, ovs=dataclasses.replace(target.ovs, ofport=answer))
             replaced.append(target)
         resolution.targets = replaced

@@ -7,14 +7,17 @@ is a parameter so tests point it at a fixture tree of PCI devices.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from rarp_announce.names import valid_ifname
 
 _IFF_UP = 0x1
+_DUMP_ABOVE = 16  # names asked one by one up to this many; more are read from one dump
 _PCI_ADDRESS = re.compile(r"^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$")
 
 
@@ -43,19 +46,28 @@ async def links(names: Iterable[str]) -> dict[str, Link | None]:
     """Look each device up in this thread's network namespace; None for one that does not exist.
 
     One netlink socket per call, asynchronous: it runs on the daemon's loop between rounds
-    without holding it, where pyroute2's blocking API would start a loop of its own.
+    without holding it, where pyroute2's blocking API would start a loop of its own. A few
+    names are asked one by one; more than _DUMP_ABOVE are read from one dump of every link.
     """
     from pyroute2 import AsyncIPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
     wanted = list(dict.fromkeys(names))
     found: dict[str, Link | None] = {name: None for name in wanted}
-    if not any(valid_ifname(name) for name in wanted):
+    asked = [name for name in wanted if valid_ifname(name)]
+    if not asked:
         return found
     async with AsyncIPRoute() as ipr:
-        for name in wanted:
-            if not valid_ifname(name):
-                continue
+        if len(asked) > _DUMP_ABOVE:
+            messages = [message async for message in await ipr.link("dump")]
+            by_index = {message["index"]: message.get("ifname") for message in messages}
+            for message in messages:
+                name = message.get("ifname")
+                if name in found:
+                    master = message.get("master")
+                    found[name] = _link(name, message, (by_index.get(master) or f"#{master}") if master else None)
+            return found
+        for name in asked:
             try:
                 (message,) = await ipr.link("get", ifname=name)
             except NetlinkError:
@@ -68,15 +80,19 @@ async def links(names: Iterable[str]) -> dict[str, Link | None]:
                     master_name = parent.get("ifname")
                 except NetlinkError:
                     master_name = f"#{master}"
-            found[name] = Link(
-                name=name,
-                index=message["index"],
-                up=bool(message["flags"] & _IFF_UP),
-                operstate=message.get("operstate") or "UNKNOWN",
-                kind=message.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND"),
-                master=master_name,
-            )
+            found[name] = _link(name, message, master_name)
     return found
+
+
+def _link(name: str, message: Any, master: str | None) -> Link:
+    return Link(
+        name=name,
+        index=message["index"],
+        up=bool(message["flags"] & _IFF_UP),
+        operstate=message.get("operstate") or "UNKNOWN",
+        kind=message.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND"),
+        master=master,
+    )
 
 
 def link_problem(name: str, link: Link | None) -> str | None:
@@ -112,10 +128,54 @@ async def device_problems(devices: Iterable[str]) -> dict[str, str]:
     return problems
 
 
+class SharedCheck:
+    """device_problems for many callers at once: the calls made in one turn of the event loop
+    share one netlink look-up of every device they ask about.
+
+    10,000 arrivals prepared together each asked on their own socket (thousands of descriptors
+    open at once, the loop held for seconds); now they cost a look-up per loop turn. A call made
+    while a look-up is under way waits for the next one: it may follow a change that look-up
+    has not seen.
+    """
+
+    def __init__(self) -> None:
+        self._wanted: set[str] = set()
+        self._next: asyncio.Future[dict[str, str]] | None = None
+
+    async def problems(self, devices: Iterable[str]) -> dict[str, str]:
+        asked = set(devices)
+        if not asked:
+            return {}
+        self._wanted |= asked
+        if self._next is None:
+            loop = asyncio.get_running_loop()
+            self._next = loop.create_future()
+            loop.call_soon(self._start)
+        answer = await asyncio.shield(self._next)
+        return {name: why for name, why in answer.items() if name in asked}
+
+    def _start(self) -> None:
+        future, wanted = self._next, self._wanted
+        self._next, self._wanted = None, set()
+        assert future is not None
+        task = asyncio.ensure_future(device_problems(wanted))
+
+        def done(task: asyncio.Task[dict[str, str]]) -> None:
+            if future.done():
+                return
+            if task.cancelled():
+                future.cancel()
+            elif task.exception() is not None:
+                future.set_exception(task.exception())  # type: ignore[arg-type]
+                future.exception()  # each waiter raises it; none left must not log it as lost
+            else:
+                future.set_result(task.result())
+
+        task.add_done_callback(done)
+
+
 def device_problems_now(devices: Iterable[str]) -> dict[str, str]:
     """device_problems for a caller outside any event loop (the `targets` command)."""
-    import asyncio
-
     return asyncio.run(device_problems(devices))
 
 

@@ -121,6 +121,9 @@ def resolve_xml(
             mac = _mac(mac_text)
             if mac in config.ignore_macs:
                 raise _Skip(f"MAC {mac} is listed in [ignore] macs")
+            if len(resolution.targets) >= MAX_TARGETS:
+                # Not expanded at all: 59 trunks of every VLAN cost 5 s of CPU to build and drop.
+                raise _Skip(f"more than {MAX_TARGETS} targets in one domain: this vNIC not announced")
             found = _interface_targets(element, mac, label, context)
         except _Skip as skip:
             resolution.skipped.append(Skipped(_normal_or_none(mac_text), kind, label, str(skip)))

@@ -25,11 +25,11 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import ovs.db.idl  # type: ignore[import-untyped]
-import ovs.jsonrpc  # type: ignore[import-untyped]
-import ovs.poller  # type: ignore[import-untyped]
-import ovs.stream  # type: ignore[import-untyped]
-import ovs.timeval  # type: ignore[import-untyped]
+import ovs.db.idl
+import ovs.jsonrpc
+import ovs.poller
+import ovs.stream
+import ovs.timeval
 
 from rarp_announce.errors import AnnounceError
 from rarp_announce.resolve.ovsport import PortInfo, ovn_bridge_name, wiring_problem
@@ -340,7 +340,7 @@ def _make_idl(remote: str, schema: dict[str, Any]) -> _ReplicaIdl:
     return _ReplicaIdl(remote, helper)
 
 
-class _ReplicaIdl(ovs.db.idl.Idl):  # type: ignore[misc]  # untyped base
+class _ReplicaIdl(ovs.db.idl.Idl):  # the bindings are untyped: the base is Any
     """The Idl, plus what the view must know that the Idl keeps in its session: whether the
     connection is up and, when it is not, why (ovs/jsonrpc.py Session, ovs/reconnect.py)."""
 
@@ -483,12 +483,7 @@ class OvsdbView:
         self._closed = True
         if self._armed is not None:
             self._armed.disarm()
-        if self._fetch is not None:
-            self._fetch.close()
-            self._fetch = None
-        if self._idl is not None:
-            self._idl.close()
-            self._idl = None
+        self._drop_connections()
         self._connected = False
 
     # -- queries ---------------------------------------------------------------------------
@@ -592,13 +587,16 @@ class OvsdbView:
         self._backoff = min(self._backoff * 2, _MAX_BACKOFF)
         self._mark_unreachable()
 
-    def _reset(self, reason: str) -> None:
+    def _drop_connections(self) -> None:
         if self._fetch is not None:
             self._fetch.close()
             self._fetch = None
         if self._idl is not None:
             self._idl.close()
             self._idl = None
+
+    def _reset(self, reason: str) -> None:
+        self._drop_connections()
         self._last_error = reason
         self._retry_at = ovs.timeval.msec() + _MAX_BACKOFF * 1000
 

@@ -366,7 +366,7 @@ class OpenFlowConnection:
                 continue
             self._reconnect_task = None
             self._attach(*link)
-            changed = f", was {ofp.version_name(previous)}" if previous not in (None, self.version) else ""
+            changed = f", was {ofp.version_name(previous)}" if previous is not None and previous != self.version else ""
             _log.info("OpenFlow connection to bridge %s back after %.2f s (OpenFlow %s%s)", self.bridge,
                       loop.time() - started, ofp.version_name(link[3]), changed)
             return

@@ -6,7 +6,7 @@ import struct
 import time
 from collections.abc import Sequence
 
-from rarp_announce.errors import InputError
+from rarp_announce.errors import AnnounceError, InputError
 from rarp_announce.model import Target
 
 # The classic libpcap format: https://wiki.wireshark.org/Development/LibpcapFileFormat
@@ -24,10 +24,14 @@ class PcapSink:
             raise InputError("--pcap needs a file name: give a path such as /tmp/announce.pcap")
         try:
             self._file = open(path, "wb")
+        except OSError as exc:  # a path that cannot be a file here: the operator's to fix
+            raise InputError(f"cannot write pcap file {path!r}: {exc.strerror}") from None
+        try:
             self._file.write(_GLOBAL.pack(_MAGIC, 2, 4, 0, 0, 65535, _LINKTYPE_ETHERNET))
             self._file.flush()
-        except OSError as exc:
-            raise InputError(f"cannot write pcap file {path!r}: {exc.strerror}") from None
+        except OSError as exc:  # a full or failing disk: the run failed, as when it fills mid-run
+            self.close()
+            raise AnnounceError(f"cannot write pcap file {path!r}: {exc.strerror}") from None
         self.path = path
 
     async def prepare(self, target: Target, frames: Sequence[bytes]) -> None:

@@ -200,7 +200,7 @@ def parse_settings(text: str) -> HookSettings:
             value = float(value)
         if expected is tuple and isinstance(value, list):
             value = tuple(value)
-        if not isinstance(value, expected) or (expected is tuple and not all(isinstance(v, str) for v in value)):
+        if not isinstance(value, expected) or (isinstance(value, tuple) and not all(isinstance(v, str) for v in value)):
             raise InputError(f"hook setting {_VARIABLES[attribute]} has the wrong type: {value!r}")
         values[attribute] = value
     return HookSettings(**values)  # type: ignore[arg-type]

@@ -105,6 +105,12 @@ class _Log(Observer):
     def gave_up(self, arrival: Arrival, target: Target, reason: str, after: float) -> None:
         _log.warning("domain %s: gave up on %s on %s after %g s: %s", self.label, target.mac, target.route, after, reason)
 
+    def guest_announced(self, arrival: Arrival, problem: str | None) -> None:
+        if problem is None:
+            _log.info("domain %s: guest announce: QEMU took announce-self", self.label)
+        else:
+            _log.warning("domain %s: guest announce failed: %s", self.label, problem)
+
 
 class Waiter:
     """Follows domain `uuid` on `uri` until it arrived and was announced, left, or `timeout` passed."""
@@ -403,11 +409,11 @@ def run(
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await work
-                ended = "ended by the hook: the domain stopped here or left this host"
+                why = "ended by the hook: the domain stopped here or left this host"
                 if waiter.result.frames:
-                    return WaitResult("announced", f"domain {waiter.label}: {waiter.result.frames} frame(s) sent; {ended}",
+                    return WaitResult("announced", f"domain {waiter.label}: {waiter.result.frames} frame(s) sent; {why}",
                                       frames=waiter.result.frames, failed_frames=waiter.result.failed_frames)
-                return WaitResult("gone", f"domain {waiter.label}: {ended}")
+                return WaitResult("gone", f"domain {waiter.label}: {why}")
             finally:
                 ended.cancel()
                 sink.close()

@@ -53,7 +53,8 @@ class DaemonProcess:
                 "--log-format", log_format, *extra]
         if netns is not None:
             argv = ["ip", "netns", "exec", netns, *argv]  # execs: the pid is the daemon's own
-        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONPATH=str(ROOT))
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        env = dict(os.environ, NOTIFY_SOCKET=str(notify_path), PYTHONPATH=path)
 
         def limits() -> None:
             if nofile is not None:

@@ -3,7 +3,7 @@ valid one never holds the loop (every other client is answered meanwhile)."""
 
 from __future__ import annotations
 
-import json
+import concurrent.futures
 import threading
 import time
 
@@ -68,15 +68,14 @@ def test_a_38mb_handoff_holds_no_ping_and_its_targets_are_capped(lab, daemon_pro
           f"{prepared:.2f} s; {len(latencies)} pings: max {max(latencies) * 1000:.1f} ms, "
           f"p99 {_percentile(latencies, 0.99) * 1000:.1f} ms, p50 {_percentile(latencies, 0.5) * 1000:.1f} ms")
     assert answer == {"ok": True}
-    assert failures == []
-    assert len(latencies) >= 20
-    assert max(latencies) < 0.100, f"a ping waited {max(latencies) * 1000:.0f} ms"
     assert status["incoming"] == ["trunks"]
     skipped = [line for line in daemon.lines() if "not announced" in line]
     assert skipped and all(f"more than {MAX_TARGETS} targets in one domain" in line for line in skipped), skipped[:3]
     assert len(skipped) == 58, "the first vNIC fits whole, the second in part, the other 57 not at all"
     assert all(len(line) < 400 for line in daemon.lines()), "no line echoes the document"
     assert "Traceback" not in daemon.stderr()
+    assert failures == [] and len(latencies) >= 20
+    assert max(latencies) < 0.100, f"a ping waited {max(latencies) * 1000:.0f} ms"
 
 
 def test_an_unconfirmed_handoff_expires_with_one_line(lab, daemon_proc) -> None:
@@ -101,20 +100,20 @@ def test_ten_thousand_handoffs_are_capped(lab, daemon_proc) -> None:
     daemon = daemon_proc()
     daemon.wait_ready()
     before = daemon.rss_kib()
-    refused = accepted = 0
-    errors: set[str] = set()
-    started = time.monotonic()
-    for index in range(10_000):
+
+    def handoff(index: int) -> dict:
         uuid = f"{index:08x}-0000-4000-8000-00000000f10d"
-        xml = domain_xml(f"h{index}", [(f"52:54:00:aa:{index // 256 % 256:02x}:{index % 256:02x}", "br0", None, None)],
-                         uuid=uuid)
-        answer = daemon.request({"op": "handoff", "domain": f"h{index}", "uuid": uuid, "xml": xml})
-        if answer.get("ok"):
-            accepted += 1
-        else:
-            refused += 1
-            errors.add(answer["error"].split(" ", 1)[1])
+        mac = f"52:54:00:aa:{index // 256 % 256:02x}:{index % 256:02x}"
+        xml = domain_xml(f"h{index}", [(mac, "br0", None, None)], uuid=uuid)
+        return daemon.request({"op": "handoff", "domain": f"h{index}", "uuid": uuid, "xml": xml})
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # at most 4 at once: far under the server's 64
+        answers = list(pool.map(handoff, range(10_000)))
     took = time.monotonic() - started
+    accepted = sum(1 for answer in answers if answer.get("ok"))
+    refused = len(answers) - accepted
+    errors = {answer["error"].split(" ", 1)[1] for answer in answers if not answer.get("ok")}
     time.sleep(0.5)  # the accepted ones are prepared
     after = daemon.rss_kib()
     status = daemon.status()

@@ -231,3 +231,14 @@ def test_a_record_cut_short_by_a_full_disk_leaves_no_torn_line(tiny_fs) -> None:
     again = Ledger(state)
     assert again.problems["corrupt_lines"] == 0 and first in again and third in again
     again.close()
+
+
+def test_a_state_dir_that_cannot_be_made_starts_the_daemon_with_one_warning(lab, daemon_proc) -> None:
+    daemon = daemon_proc(state_dir="/proc/nope/dir")
+    daemon.wait_ready()
+    status = daemon.status()
+    assert status["ledger_problems"] == {"lock": 1, "load": 1}
+    assert daemon.terminate() < 2.0
+    assert daemon.proc.returncode == 0
+    warnings = [line for line in daemon.lines() if " warning " in line and "/proc/nope/dir" in line]
+    assert len(warnings) == 2 and "second daemon on this state dir would not be noticed" in warnings[0], warnings

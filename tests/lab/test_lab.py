@@ -207,6 +207,27 @@ def _hook_logs(lab) -> str:
                      if (lab.topology.hosts[host].workdir / "hook.log").exists())
 
 
+def test_guest_announce_asks_qemu_through_libvirt():
+    """[addresses] guest_announce: after our first round the daemon sends QMP announce-self through
+    libvirt; QEMU takes it and announces the guest again (its own RARPs come from the tap once
+    more). The lab guest runs no OS, so this proves the command path and QEMU's part only: a
+    virtio guest with VIRTIO_NET_F_GUEST_ANNOUNCE would then send its own GARP and NA for every
+    address it has."""
+    lab = _open_lab("daemon", guest_announce=True)
+    try:
+        record = lab.migrate(settle=2.0)
+        _assert_announced(lab, record)
+        log = (lab.topology.hosts[record.destination].workdir / "daemon.log").read_text()
+        assert "guest announce: QEMU took announce-self" in log, log[-2000:]
+        # QEMU's own burst at the switch-over, then the one announce-self asked for: both from its tap
+        assert record.qemu_frames >= 2 * ROUNDS * len(lab.guest.macs) - 2, record.qemu_frames
+        # ... and libvirt marked the domain tainted for the monitor command, as the README says
+        qemu_log = lab.libvirtd[record.destination].dirs["log"] / "qemu" / f"{lab.guest.name}.log"
+        assert "custom-monitor" in qemu_log.read_text(errors="replace")
+    finally:
+        _close_and_check(lab)
+
+
 def test_hook_only_two_migrations():
     lab = _open_lab("hook")
     try:
@@ -220,6 +241,37 @@ def test_hook_only_two_migrations():
         log = (lab.topology.hosts["a"].workdir / "hook.log").read_text()
         assert "standalone waiter" in log
     finally:
+        _close_and_check(lab)
+
+
+def test_a_waiter_follows_a_libvirtd_restart():
+    """A waiter (started here as the hook starts it) keeps its watch through a libvirtd restart,
+    as the daemon does, and announces the arrival that follows; the hook of that migration
+    starts no second waiter for the domain."""
+    from rarp_announce.lab.procs import Proc
+
+    lab = _open_lab("hook")
+    waiter = None
+    try:
+        destination = "b"
+        net = lab.topology.hosts[destination]
+        log = net.workdir / "manual-waiter.log"
+        argv = ["ip", "netns", "exec", net.netns, sys.executable, "-I", "-m", "rarp_announce.triggers.waiter",
+                "--uuid", lab.guest.uuid, "--name", lab.guest.name, "--timeout", "120",
+                "--connect", lab.libvirtd[destination].uri, "--config", str(lab.config_path(destination)),
+                "--waiter-dir", str(net.workdir / "waiters")]
+        waiter = Proc.start(argv, log)
+        assert wait_until(lambda: "connected to libvirt" in log.read_text(), 30), log.read_text()
+        lab.restart_libvirtd(destination)
+        assert wait_until(lambda: log.read_text().count("connected to libvirt") >= 2, 60), log.read_text()
+        record = lab.migrate(settle=2.0)
+        assert record.destination == destination
+        _assert_announced(lab, record)
+        assert "already follows this domain: none started" in (net.workdir / "hook.log").read_text()
+        assert "announcing" in log.read_text()
+    finally:
+        if waiter is not None:
+            waiter.stop()
         _close_and_check(lab)
 
 

@@ -57,6 +57,53 @@ def test_bridge_up_down_missing_tap_and_no_carrier(topology):
     assert same == problems
 
 
+def test_many_names_are_read_from_one_dump_with_the_same_answers(topology, monkeypatch):
+    ns = topology.ns["a"]
+    with NetNS(ns) as ipr:
+        for index in range(0, 20, 2):
+            ipr.link("add", ifname=f"d{index}", kind="veth", peer={"ifname": f"d{index + 1}"})
+        ipr.link("set", ifname="d3", master=ipr.link_lookup(ifname="br0")[0])
+        ipr.link("set", ifname="d4", state="up")
+    names = ["br0", "uplink", "gone0", "a/b", *(f"d{index}" for index in range(20))]
+    assert len([n for n in names if hostnet.valid_ifname(n)]) > hostnet._DUMP_ABOVE
+    with inside(ns):
+        deadline = time.monotonic() + 3  # linkwatch sets d4's operstate asynchronously: bounded wait
+        while links(["d4"])["d4"].operstate != "LOWERLAYERDOWN" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        dumped = links(names)
+        monkeypatch.setattr(hostnet, "_DUMP_ABOVE", 1000)  # the same names asked one by one
+        asked = links(names)
+    assert dumped == asked
+    assert dumped["gone0"] is None and dumped["a/b"] is None
+    assert dumped["d3"].master == "br0" and dumped["uplink"].master == "br0"
+    assert dumped["d4"].up and not dumped["d5"].up and dumped["d5"].kind == "veth"
+
+
+def test_calls_in_one_loop_turn_share_one_lookup(topology, monkeypatch):
+    real = hostnet.device_problems
+    lookups: list[set[str]] = []
+
+    async def counted(devices):
+        lookups.append(set(devices))
+        return await real(devices)
+
+    monkeypatch.setattr(hostnet, "device_problems", counted)
+
+    async def scenario():
+        shared = hostnet.SharedCheck()
+        asked = [["br0"], ["gone0"], ["br0", "uplink"], ["a/b", "gone1"]] * 50
+        together = await asyncio.gather(*(shared.problems(names) for names in asked))
+        later = await shared.problems(["gone0"])
+        return asked, together, later
+
+    with inside(topology.ns["a"]):
+        asked, together, later = asyncio.run(scenario())
+        alone = [asyncio.run(real(names)) for names in asked[:4]]
+    assert lookups == [{"br0", "gone0", "uplink", "a/b", "gone1"}, {"gone0"}]
+    assert together == alone * 50
+    assert later == {"gone0": "no such device on this host"}
+
+
 def test_bridge_going_down_and_away_is_reported(topology):
     ns = topology.ns["b"]
     with inside(ns):

@@ -123,7 +123,7 @@ class Ledger:
         """Remember an announced arrival; False when it was already known. Never raises."""
         if identity in self._seen:
             return False
-        entry = {"id": identity, "domain": domain, "trigger": trigger, "at": time.time()}
+        entry: dict[str, object] = {"id": identity, "domain": domain, "trigger": trigger, "at": time.time()}
         self._seen[identity] = entry
         line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
         try:

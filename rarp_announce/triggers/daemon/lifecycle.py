@@ -197,7 +197,7 @@ class LibvirtTrigger:
         import libvirt
 
         try:
-            return dom.XMLDesc(0)  # type: ignore[no-any-return]
+            return str(dom.XMLDesc(0))
         except libvirt.libvirtError as exc:
             log_event(self.daemon.log, logging.WARNING, "cannot read domain XML", domain=_name(dom),
                       error=exc.get_error_message())

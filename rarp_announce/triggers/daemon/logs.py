@@ -126,6 +126,12 @@ class LogObserver(Observer):
         log_event(self.log, logging.INFO, "ready", domain=arrival.name, mac=target.mac, route=target.route,
                   vlan=target.vlan, waited=round(waited, 3), was=reason)
 
+    def guest_announced(self, arrival: Arrival, problem: str | None) -> None:
+        if problem is None:
+            log_event(self.log, logging.INFO, "guest announce: QEMU took announce-self", domain=arrival.name)
+        else:
+            log_event(self.log, logging.WARNING, "guest announce failed", domain=arrival.name, reason=problem)
+
     def expired(self, arrival: Arrival, after: float) -> None:
         log_event(self.log, logging.WARNING, "hand-off expired: no migration of it started here", domain=arrival.name,
                   uuid=arrival.uuid, after=after)

@@ -50,6 +50,11 @@ class Requests:
             domain = _string(request, "domain", "handoff")
             uuid = check_uuid(_string(request, "uuid", "handoff"), '"uuid"')
             xml = _string(request, "xml", "handoff")
+            # Refused before the parse when too many wait already: a flood of hand-offs must not
+            # cost a parse each.
+            refused = self._too_many(uuid)
+            if refused is not None:
+                return refused
             # Parsed aside: a document of megabytes must not hold the loop (and every schedule).
             root = await asyncio.get_running_loop().run_in_executor(None, parse_domain, xml)
         except InputError as exc:
@@ -61,15 +66,24 @@ class Requests:
         current = table.entries.get(uuid)
         if current is not None and current.phase == "incoming" and current.xml == xml:
             return {"ok": True}  # the STARTED/MIGRATED event got here first with the same XML
-        waiting = sum(1 for e in table.entries.values() if e.phase != "arrived" and not e.confirmed)
-        if waiting >= MAX_UNCONFIRMED:
-            return {"ok": False, "error": f"{waiting} hand-offs wait for a migration already: refused"}
+        refused = self._too_many(uuid)  # again: others may have been accepted during the parse
+        if refused is not None:
+            return refused
         source = str(request.get("source") or "handoff")[:20]
         # Prepared by a task: the hook waits for this answer, and libvirt waits for the hook.
         table.expect_soon(uuid, domain[:200], xml=xml, source=source,
                           expire_after=self.daemon.config.daemon.handoff_expiry)
         self.daemon.counters["handoffs"] += 1
         return {"ok": True}
+
+    def _too_many(self, uuid: str) -> dict[str, Any] | None:
+        """A refusal when MAX_UNCONFIRMED hand-offs wait already (this domain's own not counted:
+        a new hand-off replaces it)."""
+        waiting = sum(1 for e in self.daemon.table.entries.values()
+                      if e.phase != "arrived" and not e.confirmed and e.uuid != uuid)
+        if waiting >= MAX_UNCONFIRMED:
+            return {"ok": False, "error": f"{waiting} hand-offs wait for a migration already: refused"}
+        return None
 
 
 def _string(request: dict[str, Any], key: str, op: str) -> str:

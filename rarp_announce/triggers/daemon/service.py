@@ -70,7 +70,8 @@ class Daemon:
             self.announcer, self.resolver, lambda: self.config,
             observers=[LogObserver(self.log), self.metrics.observer(), self.status_log],
         )
-        self.metrics.pending.set_function(lambda: sum(len(e.pending()) for e in self.table.entries.values()))
+        # Read by the metrics thread while the loop changes the table: list() copies it in one step.
+        self.metrics.pending.set_function(lambda: sum(len(e.pending()) for e in list(self.table.entries.values())))
         self.ledger = Ledger(self.state_dir, load=False)  # read at start(), not at construction
         self.lifecycle = LibvirtTrigger(self)
         self.requests = Requests(self)
@@ -79,6 +80,8 @@ class Daemon:
         self._stopped: asyncio.Event | None = None
         self.watcher: Watcher | None = None
         self.control: ControlServer | None = None
+        self._reloading: asyncio.Task[None] | None = None
+        self._reload_again = False
 
     # libvirt's callbacks, registered by the watcher on every connection
     @property
@@ -177,6 +180,8 @@ class Daemon:
 
     async def stop(self) -> None:
         """Cancel schedules and waits, close the connections, socket, devices and ledger."""
+        if self._reloading is not None:
+            self._reloading.cancel()
         self.announcer.cancel_all()
         self.table.close()
         self.lifecycle.close()
@@ -191,13 +196,34 @@ class Daemon:
         self.ledger.close()
 
     def reload(self) -> None:
-        """SIGHUP: read the config file again; a broken file keeps the running config."""
-        try:
-            config = load_config(self.config_path)
-        except InputError as exc:
-            log_event(self.log, logging.ERROR, "config reload failed; keeping the running config", error=str(exc))
-            self.counters["reload_failures"] += 1
+        """SIGHUP: read the config file again; a broken file keeps the running config.
+
+        Read and checked in a thread: a file of a megabyte takes a second of TOML parsing, which
+        must not hold schedules and requests. SIGHUPs during a reload make one more reload.
+        """
+        if self._reloading is not None and not self._reloading.done():
+            self._reload_again = True
             return
+        self._reloading = asyncio.get_running_loop().create_task(self._reload())
+
+    async def _reload(self) -> None:
+        for _ in range(100):  # bounded: a SIGHUP storm costs at most this many reads in a row
+            self._reload_again = False
+            try:
+                config = await asyncio.to_thread(load_config, self.config_path)
+            except InputError as exc:
+                log_event(self.log, logging.ERROR, "config reload failed; keeping the running config", error=str(exc))
+                self.counters["reload_failures"] += 1
+            except Exception as exc:  # noqa: BLE001 - a bug in the checks must not lose the running config
+                log_event(self.log, logging.ERROR, "config reload failed; keeping the running config",
+                          error=f"{type(exc).__name__}: {exc}")
+                self.counters["reload_failures"] += 1
+            else:
+                self._apply(config)
+            if not self._reload_again:
+                return
+
+    def _apply(self, config: Config) -> None:
         old = self.config
         self.config = config
         self.counters["reloads"] += 1
