@@ -1,6 +1,6 @@
 """A real libvirtd per lab host: its own netns, mount and UTS namespaces, private directories.
 
-REFERENCE section 8. libvirtd uses compiled-in paths (/run/libvirt, /var/lib/libvirt, ...), so
+libvirtd uses compiled-in paths (/run/libvirt, /var/lib/libvirt, ...), so
 each instance gets a private mount namespace in which fresh tmpfs cover /run and /var and the
 host's private folders (under the lab's workdir) are bind-mounted where libvirt looks. Nothing
 is created or mounted outside that namespace; it vanishes with its last process (libvirtd and
@@ -24,7 +24,7 @@ from rarp_announce.pids import alive
 _PRIVATE = ("run", "lib", "log", "cache", "etc")
 
 _QEMU_CONF = """\
-# Lab settings (REFERENCE section 8): no users, cgroups, namespaces, labels or virtlogd.
+# Lab settings (qemu.conf in the libvirt sources): no users, cgroups, namespaces, labels or virtlogd.
 user = "root"
 group = "root"
 dynamic_ownership = 0

@@ -112,8 +112,8 @@ class Sniffer(Watch[Seen]):
 def check_frame(frame: bytes, mac: str, vlan: int | None) -> str | None:
     """None when `frame` is exactly QEMU's announcement for `mac` (tagged `vlan`); else why not.
 
-    Decoded by scapy, an independent decoder, then compared byte by byte with the reference
-    layout of REFERENCE section 1.
+    Decoded by scapy, an independent decoder, then compared byte by byte with the layout of
+    QEMU's own announce frame (QEMU net/announce.c, announce_self_create).
     """
     from scapy.layers.l2 import ARP, Dot1Q, Ether
     from scapy.packet import bind_layers

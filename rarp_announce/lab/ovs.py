@@ -1,7 +1,7 @@
 """A private Open vSwitch (ovsdb-server + ovs-vswitchd, userspace datapath) for tests and the lab.
 
 The kernel here has no openvswitch module, so every bridge must use `datapath_type=netdev`
-(REFERENCE section 9). All state (database, sockets, pidfiles, logs) lives in `workdir`, so
+(the userspace datapath, OVS Documentation/intro/install/userspace.rst). All state (database, sockets, pidfiles, logs) lives in `workdir`, so
 several instances run side by side and never touch a system OVS. `netns` runs the daemons in
 that network namespace: the userspace datapath opens its ports (and creates the bridge's
 internal tap) in the namespace ovs-vswitchd lives in.

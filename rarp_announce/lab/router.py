@@ -1,6 +1,6 @@
 """A Linux router in a netns of its own that learns guests' addresses from GARPs and NAs.
 
-REFERENCE section 10's recipe, verified here: on the router's device, `arp_accept=1` takes
+The kernel's own switches (Documentation/networking/ip-sysctl.rst), verified here: on the router's device, `arp_accept=1` takes
 unsolicited ARP, `accept_untracked_na=1` takes unsolicited neighbour advertisements, and
 `forwarding=1` makes it a router, without which the kernel ignores an untracked NA. An entry
 `IP lladdr MAC` in its neighbour table is then the proof that an announcement was right on

@@ -1,7 +1,8 @@
 """Where a vNIC's IP addresses come from, for its gratuitous ARPs and unsolicited NAs.
 
 RARP carries no IP, so fabrics that learn MAC-IP bindings (EVPN ARP suppression, routers) need
-the guest's addresses announced too (REFERENCE.md section 10). Five sources can name them:
+the guest's addresses announced too (RFC 5227 section 3, RFC 4861 section 7.2.6). Five
+sources can name them:
 
 - ``metadata``: the domain's own ``<metadata>``, in this project's namespace
   ``urn:x-rarp-announce:addresses:1`` (https://libvirt.org/formatdomain.html#general-metadata):

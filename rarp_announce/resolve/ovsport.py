@@ -10,7 +10,7 @@ Sources a reader can open:
   and xvlan_input_translate(): what NORMAL does with a frame ingressing the port.
 - Neutron's OVS agent and os-vif's isolate_vif: a freshly plugged port is parked in VLAN 4095
   (neutron/plugins/ml2/drivers/openvswitch/agent/common/constants.py DEAD_VLAN_TAG) until the
-  agent binds it (REFERENCE section 11).
+  agent binds it (ovs_neutron_agent.py, port_dead()).
 - OVN's ovn-controller sets Interface external_ids:ovn-installed="true" once the port's flows
   are in (ovn-controller(8), "external_ids:ovn-installed"); it runs on the bridge named by
   Open_vSwitch external_ids:ovn-bridge, default br-int (ovn-controller(8), "ovn-bridge").

@@ -217,7 +217,7 @@ def check_in_port(version: int, in_port: int) -> None:
     """Refuse port 0 and every reserved port: frames enter only as a real (guest) port.
 
     LOCAL above all: a frame injected as the bridge's internal port makes OVS learn the guest's
-    MAC there, so the guest's traffic goes to the host until the guest speaks (REFERENCE 9).
+    MAC there, so the guest's traffic goes to the host until the guest speaks.
     """
     _check_version(version)
     limit = OFPP10_MAX if version == OFP10 else OFPP11_MAX

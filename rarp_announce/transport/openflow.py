@@ -5,7 +5,7 @@ the frame through the bridge's flow table as if the guest had sent it: OVS learn
 guest's port and applies that port's VLAN; OVN's `activation-strategy=rarp` and Neutron's OVS
 firewall see it arrive from the port itself. Writing the frame into the bridge's internal
 (LOCAL) port instead makes OVS learn the guest's MAC on LOCAL and send its traffic to the host
-(REFERENCE section 9), so LOCAL and every other reserved port are refused (`_ofproto`).
+(seen in this project's lab with `ovs-appctl fdb/show`), so LOCAL and every other reserved port are refused (`_ofproto`).
 
 One persistent connection per bridge, to ovs-vswitchd's management socket
 `$OVS_RUNDIR/BRIDGE.mgmt`, which speaks OpenFlow without any controller being configured and

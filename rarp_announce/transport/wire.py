@@ -2,8 +2,9 @@
 
 A vNIC on Open vSwitch must be announced as if the guest sent the frame from its own port: a
 frame written into the bridge's internal port would teach OVS that the guest sits on the host
-(REFERENCE: OVS learns the MAC on LOCAL and delivers the guest's traffic to the host). So the
-route is chosen by the target itself, never by a fallback.
+(OVS learns a source MAC on the port a frame enters by, ofproto/ofproto-dpif-xlate.c, and then
+delivers the guest's traffic to the host). So the route is chosen by the target itself, never
+by a fallback.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """When a libvirt lifecycle event means "this guest now runs here after a migration".
 
 The daemon and the hook's standalone waiter both decide with this module, so the rule lives
-in one place (REFERENCE section 3): announce at the first RESUMED with detail MIGRATED or
-POSTCOPY; never at STARTED/MIGRATED (the source guest is still live then); a migration done
-paused is announced when the domain is first resumed.
+in one place (libvirt's lifecycle events, virDomainEventResumedDetailType in
+https://libvirt.org/html/libvirt-libvirt-domain.html): announce at the first RESUMED with
+detail MIGRATED or POSTCOPY; never at STARTED/MIGRATED (the source guest is still live then);
+a migration done paused is announced when the domain is first resumed.
 """
 
 from __future__ import annotations

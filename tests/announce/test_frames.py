@@ -1,4 +1,4 @@
-"""Frames byte by byte: against REFERENCE section 1's literal hex and against scapy as an independent builder."""
+"""Frames byte by byte: against QEMU's frame written out by hand and against scapy as an independent builder."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from rarp_announce.mac import format_mac
 
 MAC = bytes.fromhex("525400123456")
 
-# REFERENCE.md section 1, copied as written there.
-REFERENCE_HEX = (
+# QEMU net/announce.c, announce_self_create(): broadcast, ETH_P_RARP, ARPOP_RREQUEST, the MAC as
+# sender and target hardware address, zero IPs, padded to 60 bytes.
+QEMU_HEX = (
     "ffffffffffff 525400123456 8035 0001 0800 06 04 0003 525400123456 00000000 525400123456 00000000"
 )
 
@@ -35,7 +36,7 @@ def scapy_frame(mac: bytes, vlan: int | None = None, priority: int = 0) -> bytes
 
 
 def test_untagged_frame_is_the_reference_hex() -> None:
-    expected = bytes.fromhex(REFERENCE_HEX.replace(" ", "")) + bytes(18)
+    expected = bytes.fromhex(QEMU_HEX.replace(" ", "")) + bytes(18)
     frame = rarp_frame(MAC)
     assert len(frame) == FRAME_LEN == 60
     assert frame == expected

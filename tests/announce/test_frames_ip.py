@@ -1,4 +1,4 @@
-"""GARP and unsolicited NA byte by byte: against REFERENCE section 10 written out by hand, against
+"""GARP and unsolicited NA byte by byte: against RFC 5227 / RFC 4861 written out by hand, against
 scapy as an independent builder, and decoded back by scapy (which recomputes the checksum)."""
 
 from __future__ import annotations
@@ -276,7 +276,7 @@ def test_frame_kind_by_protocol_alone() -> None:
 
 
 def test_builders_import_no_scapy() -> None:
-    # scapy costs 0.4-2 s to import (REFERENCE section 7): the send path must never pull it in.
+    # scapy costs 0.4-2 s to import (`make bench`, bench_cli): the send path must never pull it in.
     code = (
         "import sys, rarp_announce.announce.frames, rarp_announce.ipaddr, rarp_announce.sniff; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scapy'))"

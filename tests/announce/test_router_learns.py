@@ -1,5 +1,6 @@
-"""REFERENCE section 10's recipe, end to end: a Linux router learns `IP lladdr MAC` from exactly
-one garp_frame and one na_frame, sent with a plain packet socket from a neighbouring netns.
+"""The kernel's neighbour-learning switches (Documentation/networking/ip-sysctl.rst), end to
+end: a Linux router learns `IP lladdr MAC` from exactly one garp_frame and one na_frame, sent
+with a plain packet socket from a neighbouring netns.
 
 The kernel is an independent receiver: it checks the ICMPv6 checksum and hop limit (RFC 4861
 7.1.2) and the ARP fields, so a neighbour entry proves the frames are right on the wire.

@@ -1,6 +1,6 @@
 """`rarp-announce send MAC --ip ...` end to end: a Linux router learns IPv4 and IPv6 neighbours from
-the command's frames (REFERENCE section 10's recipe), `sniff --type` decodes them, bad
-addresses are one line."""
+the command's frames (arp_accept, accept_untracked_na: the kernel's ip-sysctl.rst), `sniff
+--type` decodes them, bad addresses are one line."""
 
 from __future__ import annotations
 

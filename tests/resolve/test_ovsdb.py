@@ -1,5 +1,5 @@
 """resolve.ovsdb against a real Open vSwitch: a private ovsdb-server + ovs-vswitchd per test, in a
-folder and network namespace of the test's own (REFERENCE section 9), removed even on failure.
+folder and network namespace of the test's own, removed even on failure.
 
 Every wait is bounded: the live view is awaited through its on_change callback under
 asyncio.wait_for, never with sleeps standing in for assertions.
@@ -231,7 +231,7 @@ def test_read_once_on_a_missing_socket_raises_one_line(tmp_path):
 
 
 def rarp(mac: str, vlan: int | None) -> bytes:
-    """A QEMU-style RARP (REFERENCE section 1), 802.1Q-tagged when `vlan` is given."""
+    """A QEMU-style RARP (QEMU net/announce.c), 802.1Q-tagged when `vlan` is given."""
     octets = bytes.fromhex(mac.replace(":", ""))
     tag = b"\x81\x00" + vlan.to_bytes(2, "big") if vlan is not None else b""
     body = b"\x80\x35" + bytes.fromhex("0001080006040003") + octets + bytes(4) + octets + bytes(4)

@@ -103,7 +103,7 @@ def decode(raw: bytes):
 
 
 def check_qemu_frame(raw: bytes, mac: str, vlan: int | None) -> None:
-    """Byte for byte REFERENCE section 1, and scapy (an independent decoder) agrees."""
+    """Byte for byte QEMU's frame (net/announce.c), and scapy (an independent decoder) agrees."""
     from scapy.layers.l2 import ARP, Dot1Q
 
     m = bytes.fromhex(mac.replace(":", ""))
