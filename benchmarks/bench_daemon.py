@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks._daemon import in_process_daemon, incoming, remove, resumed, running
+
 SINGLE_TRIES = 100
 MANY_DOMAINS = 1000
 NICS = 2
@@ -58,26 +60,18 @@ def _xml(name: str, index: int) -> str:
 
 async def _evacuation(daemon, holder, capture, *, count: int, first_index: int, spread: float) -> dict:
     """`count` domains: prepare all (STARTED/MIGRATED), then resume them spread over `spread` s."""
-    import libvirt
-
     loop = asyncio.get_running_loop()
-    domains = []
-    for index in range(first_index, first_index + count):
-        dom = holder.defineXML(_xml(f"bench{index}", index))
-        dom.create()
-        domains.append((index, dom))
-    conn = daemon.watcher.conn
+    domains = [(index, running(holder, _xml(f"bench{index}", index))) for index in range(first_index, first_index + count)]
     prepare_started = time.perf_counter()
     for _index, dom in domains:
-        daemon.on_lifecycle(conn, dom, libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_STARTED_MIGRATED)
+        incoming(daemon, dom)
     while any(not a.prepared for a in daemon.table.entries.values()):
         await asyncio.sleep(0.005)
     prepare_s = time.perf_counter() - prepare_started
     event_wall: dict[str, float] = {}
 
     def resume(index: int, dom) -> None:
-        event_wall[f"{index}"] = time.time()
-        daemon.on_lifecycle(conn, dom, libvirt.VIR_DOMAIN_EVENT_RESUMED, libvirt.VIR_DOMAIN_EVENT_RESUMED_MIGRATED)
+        event_wall[f"{index}"] = resumed(daemon, dom)
 
     start = loop.time() + 0.05
     for position, (index, dom) in enumerate(domains):
@@ -103,18 +97,14 @@ async def _evacuation(daemon, holder, capture, *, count: int, first_index: int, 
         if firsts:
             latencies.append(min(firsts) - t_event)
     for _index, dom in domains:
-        dom.destroy()
-        dom.undefine()
+        remove(dom)
     return {"latencies": latencies, "lateness": lateness, "frames": len(frames),
             "expected": count * NICS * len(offsets), "prepare_s": prepare_s}
 
 
 def _in_process(tmp: Path, ns: str, capture) -> tuple[dict, dict, list[float]]:
-    import libvirt
-
     from rarp_announce.config import Config
     from rarp_announce.triggers.daemon.logs import setup_logging
-    from rarp_announce.triggers.daemon.service import Daemon
     from rarp_announce.lab.netns import inside
 
     log_file = open(tmp / "daemon.log", "w")
@@ -134,14 +124,9 @@ def _in_process(tmp: Path, ns: str, capture) -> tuple[dict, dict, list[float]]:
                 self.values.append(latency)
 
     async def scenario():
-        # No Open vSwitch on these domains' bridge: OVSDB is not read, as on a Linux-bridge host.
-        daemon = Daemon(Config(ovs=OvsConfig(db="")), uri="test:///default", control_socket=str(tmp / "c.sock"),
-                        state_dir=str(tmp / "st"))
         latencies = Latencies()
-        daemon.table.observers.append(latencies)
-        await daemon.start()
-        holder = libvirt.open("test:///default")
-        try:
+        # No Open vSwitch on these domains' bridge: OVSDB is not read, as on a Linux-bridge host.
+        async with in_process_daemon(Config(ovs=OvsConfig(db="")), tmp, [latencies]) as (daemon, holder):
             singles = {"latencies": [], "lateness": [], "frames": 0, "expected": 0}
             for attempt in range(SINGLE_TRIES):
                 result = await _evacuation(daemon, holder, capture, count=1, first_index=20000 + attempt, spread=0)
@@ -152,9 +137,6 @@ def _in_process(tmp: Path, ns: str, capture) -> tuple[dict, dict, list[float]]:
             in_process = list(latencies.values)
             many = await _evacuation(daemon, holder, capture, count=MANY_DOMAINS, first_index=0, spread=SPREAD_S)
             return singles, many, in_process
-        finally:
-            await daemon.stop()
-            holder.close()
 
     try:
         with inside(ns):

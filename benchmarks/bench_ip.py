@@ -23,7 +23,6 @@ TRIES = 40
 NICS = 2
 TARGET_FIRST_MS = 1.0
 TARGET_SPREAD_MS = 0.2
-_TYPES = {0x8035: "rarp", 0x0806: "garp", 0x86DD: "na"}
 
 
 def _macs(index: int) -> list[str]:
@@ -88,17 +87,15 @@ def _row(name: str, values: list[float], unit: str, target: float | None) -> dic
 
 
 def _measure(topology, tmp: Path) -> dict[bool, tuple[list[float], list[float]]]:
-    import libvirt
-
+    from benchmarks._daemon import in_process_daemon, incoming, prepared, remove, resumed, running
     from rarp_announce.config import AddressesConfig, Config, OvsConfig
-    from rarp_announce.lab.netns import capture_socket, ethertype_of, inside, receive_frame
+    from rarp_announce.announce.frames import frame_kind
+    from rarp_announce.lab.netns import capture_socket, inside, receive_frame
     from rarp_announce.triggers.daemon.logs import setup_logging
-    from rarp_announce.triggers.daemon.service import Daemon
 
     setup_logging("text", open(tmp / "daemon.log", "w"))
     config = Config(ovs=OvsConfig(db=""), addresses=AddressesConfig(sources=("metadata",)))
     sock = capture_socket(topology.switch, "port_a", rcvbuf=8 << 20)
-    STARTED, RESUMED = libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_RESUMED
 
     def drain(until: float) -> list[tuple[float, str, str]]:
         seen = []
@@ -107,32 +104,21 @@ def _measure(topology, tmp: Path) -> dict[bool, tuple[list[float], list[float]]]
                 stamp, data, address = receive_frame(sock)
             except socket.timeout:
                 continue
-            kind = _TYPES.get(ethertype_of(data))
+            kind = frame_kind(data)
             if kind is not None and address[2] != socket.PACKET_OUTGOING:
                 seen.append((stamp, data[6:12].hex(":"), kind))
         return seen
 
     async def scenario() -> dict[bool, tuple[list[float], list[float]]]:
-        daemon = Daemon(config, uri="test:///default", control_socket=str(tmp / "c.sock"), state_dir=str(tmp / "st"))
-        await daemon.start()
-        holder = libvirt.open("test:///default")
         results: dict[bool, tuple[list[float], list[float]]] = {False: ([], []), True: ([], [])}
-        try:
+        async with in_process_daemon(config, tmp) as (daemon, holder):
             for attempt in range(TRIES * 2):
                 addresses = attempt % 2 == 1  # interleaved: both see the same machine
-                dom = holder.defineXML(_xml(f"ipbench{attempt}", attempt, addresses))
-                dom.create()
-                conn = daemon.watcher.conn
-                daemon.on_lifecycle(conn, dom, STARTED, libvirt.VIR_DOMAIN_EVENT_STARTED_MIGRATED)
-                deadline = time.monotonic() + 5
-                while time.monotonic() < deadline:
-                    entry = daemon.table.entries.get(dom.UUIDString())
-                    if entry is not None and entry.prepared:
-                        break
-                    await asyncio.sleep(0.002)
+                dom = running(holder, _xml(f"ipbench{attempt}", attempt, addresses))
+                incoming(daemon, dom)
+                await prepared(daemon, dom)
                 drain(time.monotonic() + 0.02)
-                stamp = time.time()
-                daemon.on_lifecycle(conn, dom, RESUMED, libvirt.VIR_DOMAIN_EVENT_RESUMED_MIGRATED)
+                stamp = resumed(daemon, dom)
                 await asyncio.sleep(0.03)
                 seen = drain(time.monotonic() + 0.05)
                 if seen:
@@ -143,11 +129,7 @@ def _measure(topology, tmp: Path) -> dict[bool, tuple[list[float], list[float]]]
                         if len(times) == 3:
                             results[True][1].append((times[-1] - times[0]) * 1000)
                 await daemon.announcer.drain()
-                dom.destroy()
-                dom.undefine()
-        finally:
-            await daemon.stop()
-            holder.close()
+                remove(dom)
         return results
 
     try:

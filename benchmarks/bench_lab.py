@@ -34,20 +34,18 @@ def _missing() -> str | None:
 
 
 def _measure(mode: str, migrations: int) -> list[dict]:
+    from rarp_announce.lab.migration import series
     from rarp_announce.lab.session import Lab
 
     rows: list[dict] = []
     with Lab(mode) as lab:
         records = [lab.migrate() for _ in range(migrations)]
     ok = sum(r.ok for r in records)
-    resumed = [r.lag_resumed_ms for r in records if r.lag_resumed_ms is not None]
-    qemu = [r.lag_qemu_host_ms for r in records if r.lag_qemu_host_ms is not None]
-    qemu_switch = [r.lag_qemu_ms for r in records if r.lag_qemu_ms is not None]
-    offsets = [abs(o) for r in records for o in r.offsets_ms()]
+    figures = series(records)
+    qemu = figures["lag_qemu_host_ms"]
     durations = [r.duration * 1000 for r in records]
+    # Only the br0 vNIC: the OVS one waits for its late wiring, measured from that instead.
     br0 = [r.traffic_ms(mac) for r in records for mac, nic in r.nics.items() if nic.bridge == "br0"]
-    after_wiring = [r.traffic_after_wiring_ms for r in records]
-    frame_after_wiring = [r.frame_after_wiring_ms for r in records]
     note = f"{ok}/{len(records)} migrations: the guest reachable on its new host because of our frames alone"
 
     def add(name: str, values: list[float], unit: str, what: str, **extra) -> None:
@@ -65,15 +63,15 @@ def _measure(mode: str, migrations: int) -> list[dict]:
     add(f"{prefix}: first frame after QEMU's own first", qemu, "ms",
         f"both on the destination host; target median <= {TARGET_QEMU_LAG_MS:.0f} ms: {verdict}",
         target=TARGET_QEMU_LAG_MS, met=verdict == "met")
-    add(f"{prefix}: same, ours at the switch port", qemu_switch, "ms", "includes the hop bridge -> switch")
-    add(f"{prefix}: first frame after RESUMED event", resumed, "ms", "event as a lab libvirt client saw it")
+    add(f"{prefix}: same, ours at the switch port", figures["lag_qemu_ms"], "ms", "includes the hop bridge -> switch")
+    add(f"{prefix}: first frame after RESUMED event", figures["lag_resumed_ms"], "ms", "event as a lab libvirt client saw it")
     add(f"{prefix}: traffic reaches the guest (br0 vNIC) after RESUMED", [v for v in br0 if v is not None], "ms",
         "a client's unicast frame, every 1 ms, first seen on the guest's tap on the destination")
-    add(f"{prefix}: traffic reaches the guest (OVS vNIC) after its port was wired", [v for v in after_wiring if v is not None],
+    add(f"{prefix}: traffic reaches the guest (OVS vNIC) after its port was wired", figures["traffic_after_wiring_ms"],
         "ms", "port dead (VLAN 4095) until 2 s after the resume; from `ovs-vsctl` returning (ovs-vswitchd applied it)")
-    add(f"{prefix}: our first OVS frame after the rewiring command started", [v for v in frame_after_wiring if v is not None],
+    add(f"{prefix}: our first OVS frame after the rewiring command started", figures["frame_after_wiring_ms"],
         "ms", "includes ovs-vsctl's own run and ovs-vswitchd applying it, which the daemon waits for")
-    add(f"{prefix}: |offset| vs QEMU schedule", offsets, "ms", "each frame vs 0/50/200/450/800 ms from its MAC's first")
+    add(f"{prefix}: |offset| vs QEMU schedule", figures["offset_ms"], "ms", "each frame vs 0/50/200/450/800 ms from its MAC's first")
     add(f"{prefix}: migration duration", durations, "ms", note)
     return rows
 

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks._daemon import in_process_daemon, incoming, prepared, remove, resumed, running
+
 TRIES = 40
 REWIRES = 20
 PACKET_OUTS = 20000
@@ -117,43 +119,26 @@ def run() -> list[dict]:
 
 
 def _daemon_figures(ns: str, tmp: Path, ovs, capture) -> tuple[list[float], list[float], list[float]]:
-    import libvirt
-
     from rarp_announce.config import Config, OvsConfig
     from rarp_announce.lab.netns import inside
     from rarp_announce.triggers.daemon.logs import setup_logging
-    from rarp_announce.triggers.daemon.service import Daemon
 
     setup_logging("text", open(tmp / "daemon.log", "w"))
     config = Config(ovs=OvsConfig(db=f"unix:{ovs.rundir}/db.sock", rundir=str(ovs.rundir)))
-    STARTED, RESUMED = libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_RESUMED
-    S_MIGRATED, R_MIGRATED = libvirt.VIR_DOMAIN_EVENT_STARTED_MIGRATED, libvirt.VIR_DOMAIN_EVENT_RESUMED_MIGRATED
 
     async def arrival(daemon, holder, name: str, *, dead: bool) -> tuple[float, object]:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, ovs.vsctl, "set", "Port", "vm1", f"tag={4095 if dead else 100}")
-        dom = holder.defineXML(_xml(name))
-        dom.create()
-        conn = daemon.watcher.conn
-        daemon.on_lifecycle(conn, dom, STARTED, S_MIGRATED)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            entry = daemon.table.entries.get(dom.UUIDString())
-            if entry is not None and entry.prepared and entry.preparing.done():
-                break
-            await asyncio.sleep(0.002)
+        dom = running(holder, _xml(name))
+        incoming(daemon, dom)
+        await prepared(daemon, dom, finished=True)
         capture.frames(timeout=0.01)  # anything older is not this arrival's
-        stamp = time.time()
-        daemon.on_lifecycle(conn, dom, RESUMED, R_MIGRATED)
-        return stamp, dom
+        return resumed(daemon, dom), dom
 
     async def scenario() -> tuple[list[float], list[float], list[float]]:
-        daemon = Daemon(config, uri="test:///default", control_socket=str(tmp / "c.sock"), state_dir=str(tmp / "st"))
-        await daemon.start()
-        holder = libvirt.open("test:///default")
         loop = asyncio.get_running_loop()
         resume, start, end = [], [], []
-        try:
+        async with in_process_daemon(config, tmp) as (daemon, holder):
             for attempt in range(TRIES):
                 stamp, dom = await arrival(daemon, holder, f"ovsbench{attempt}", dead=False)
                 await asyncio.sleep(0.05)
@@ -161,8 +146,7 @@ def _daemon_figures(ns: str, tmp: Path, ovs, capture) -> tuple[list[float], list
                 if got:
                     resume.append((got[0].time - stamp) * 1000)
                 await daemon.announcer.drain()
-                dom.destroy()
-                dom.undefine()
+                remove(dom)
             for attempt in range(REWIRES):
                 _stamp, dom = await arrival(daemon, holder, f"ovsrewire{attempt}", dead=True)
                 await asyncio.sleep(0.3)
@@ -176,11 +160,7 @@ def _daemon_figures(ns: str, tmp: Path, ovs, capture) -> tuple[list[float], list
                     start.append((got[0].time - began) * 1000)
                     end.append((got[0].time - returned) * 1000)
                 await daemon.announcer.drain()
-                dom.destroy()
-                dom.undefine()
-        finally:
-            await daemon.stop()
-            holder.close()
+                remove(dom)
         return resume, start, end
 
     with inside(ns):

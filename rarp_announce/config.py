@@ -13,12 +13,13 @@ import os
 import re
 import stat
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, get_args
 
 from rarp_announce.errors import InputError
 from rarp_announce.ipaddr import parse_ip
-from rarp_announce.names import valid_ifname
+from rarp_announce.names import one_line, valid_ifname
 from rarp_announce.mac import normalize_mac
 from rarp_announce.model import AddressSource
 from rarp_announce.announce.schedule import Schedule
@@ -27,8 +28,8 @@ DEFAULT_CONFIG_PATH = "/etc/rarp-announce/config.toml"
 DEFAULT_URI = "qemu:///system"
 DEFAULT_CONTROL_SOCKET = "/run/rarp-announce/control.sock"
 DEFAULT_WAITER_DIR = "/run/rarp-announce/waiters"
-HOOK_MODES = ("auto", "daemon", "standalone")
 HookMode = Literal["auto", "daemon", "standalone"]
+HOOK_MODES: tuple[str, ...] = get_args(HookMode)
 LogFormat = Literal["text", "json"]
 # The hook's whole budget is a few tens of ms: a longer hand-off would delay every migration.
 HANDOFF_TIMEOUT_MAX = 0.5
@@ -130,20 +131,17 @@ def load_config(path: str | None) -> Config:
     if len(raw) > MAX_CONFIG_BYTES:
         raise InputError(f"config file {path!r} is larger than {MAX_CONFIG_BYTES} bytes: is it the right file?")
     try:
-        document = tomllib.loads(raw.decode("utf-8"))
+        return parse_config(tomllib.loads(raw.decode("utf-8")))
     except UnicodeDecodeError:
         raise InputError(f"config file {path!r} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"config file {path!r} is not valid TOML: {_one_line(str(exc))}") from None
-    except RecursionError:
-        raise InputError(f"config file {path!r} nests tables or arrays too deeply to be a config") from None
-    try:
-        return parse_config(document)
+        raise InputError(f"config file {path!r} is not valid TOML: {one_line(str(exc))}") from None
     except InputError as exc:
         raise InputError(f"config file {path!r}: {exc}") from None
     except RecursionError:
-        # Dotted table headers ([uplinks.a.a.a...]) nest without recursion in tomllib, then a
-        # check's message (repr of the value) recursed.
+        # From tomllib for nested arrays; from a check for dotted table headers
+        # ([uplinks.a.a.a...]), which tomllib nests without recursion but a check's message
+        # (repr of the value) recursed on.
         raise InputError(f"config file {path!r} nests tables or arrays too deeply to be a config") from None
 
 
@@ -245,13 +243,8 @@ def _ignore_domains(table: Mapping[str, Any]) -> frozenset[str]:
 
 
 def _ignore_macs(table: Mapping[str, Any]) -> frozenset[str]:
-    macs = set()
-    for index, text in enumerate(_str_list(table, "macs", "ignore")):
-        try:
-            macs.add(normalize_mac(text))
-        except InputError as exc:
-            raise InputError(f"key [ignore] macs[{index}]: {exc}") from None
-    return frozenset(macs)
+    return frozenset(_parsed(normalize_mac, text, f"[ignore] macs[{index}]")
+                     for index, text in enumerate(_str_list(table, "macs", "ignore")))
 
 
 def _daemon(table: Mapping[str, Any]) -> DaemonConfig:
@@ -363,10 +356,7 @@ def _address_macs(value: Any) -> dict[str, tuple[str, ...]]:
     for name, addresses in value.items():
         # A quoted TOML key may hold anything, a newline included: show it quoted unless plain.
         key = f"[addresses.macs] {name if name.isprintable() and len(name) <= 40 else _shown(name)}"
-        try:
-            mac = normalize_mac(name)
-        except InputError as exc:
-            raise InputError(f"key {key}: {exc}") from None
+        mac = _parsed(normalize_mac, name, key)
         if mac in spelled:
             raise InputError(f"key {key}: the same MAC as key {spelled[mac]!r}; merge the two lists")
         if not isinstance(addresses, list) or not all(isinstance(item, str) for item in addresses):
@@ -375,10 +365,7 @@ def _address_macs(value: Any) -> dict[str, tuple[str, ...]]:
             raise InputError(f"key {key}: {len(addresses)} addresses, at most {MAX_ADDRESSES_PER_MAC} per MAC")
         canonical: list[str] = []
         for index, text in enumerate(addresses):
-            try:
-                ip = parse_ip(text)
-            except InputError as exc:
-                raise InputError(f"key {key}[{index}]: {exc}") from None
+            ip = _parsed(parse_ip, text, f"{key}[{index}]")
             if ip in canonical:
                 raise InputError(f"key {key}[{index}]: {ip} is listed twice")
             canonical.append(ip)
@@ -495,6 +482,14 @@ def _check_ifname(name: str, where: str) -> None:
         raise InputError(f"{where}: expected a network device name (1..15 characters, no '/', ':' or spaces), got {name!r}")
 
 
+def _parsed(parse: Callable[[str], str], text: str, key: str) -> str:
+    """parse(text), its InputError prefixed with the config key that gave the text."""
+    try:
+        return parse(text)
+    except InputError as exc:
+        raise InputError(f"key {key}: {exc}") from None
+
+
 def _where(section: str, key: str) -> str:
     return f"[{section}] {key}" if section else key
 
@@ -502,7 +497,3 @@ def _where(section: str, key: str) -> str:
 def _shown(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

@@ -10,26 +10,19 @@ from __future__ import annotations
 import ipaddress
 
 from rarp_announce.errors import InputError
+from rarp_announce.names import quoted
 
 _FORMS = "one IPv4 address like 192.0.2.10 or one IPv6 address like 2001:db8::10"
-_ECHO_MAX = 40
 
 # RFC 1122 3.2.1.3 (a)/(b): 0.0.0.0/8 means "this host on this network", valid only as the
 # source of a host that does not know its address yet; no host owns it.
 _THIS_NETWORK = ipaddress.IPv4Network("0.0.0.0/8")
 
 
-def _echo(text: str) -> str:
-    """`text` quoted for a one-line message, shortened so bogus input cannot flood it."""
-    if len(text) > _ECHO_MAX:
-        text = text[: _ECHO_MAX - 3] + "..."
-    return repr(text)
-
-
-def _check(text: str) -> tuple[str | None, str | None]:
+def check_ip(text: str) -> tuple[str | None, str | None]:
     """(canonical text, None) for an address a guest can own, else (None, why not)."""
     spelled = text.strip()
-    shown = _echo(text)
+    shown = quoted(text)
     if "/" in spelled:
         return None, f"IP address {shown} is a prefix: expected {_FORMS}, without a /length"
     if "%" in spelled:
@@ -66,7 +59,7 @@ def _check(text: str) -> tuple[str | None, str | None]:
 
 def parse_ip(text: str) -> str:
     """The canonical text of a unicast IPv4 or IPv6 address a guest can own, or raise InputError."""
-    canonical, problem = _check(text)
+    canonical, problem = check_ip(text)
     if canonical is None:
         raise InputError(problem)
     return canonical
@@ -75,7 +68,7 @@ def parse_ip(text: str) -> str:
 def ip_problem(text: str) -> str | None:
     """Why `text` is not an address a guest can own, or None when it is (for libvirt's addresses,
     which are skipped with a reason rather than refused)."""
-    return _check(text)[1]
+    return check_ip(text)[1]
 
 
 def ip_octets(text: str) -> bytes:

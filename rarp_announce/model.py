@@ -7,7 +7,6 @@ the transports all speak these types without importing one another.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -36,10 +35,6 @@ class Address:
 
     ip: str
     source: AddressSource
-
-    @property
-    def version(self) -> int:
-        return ipaddress.ip_address(self.ip).version
 
     def record(self) -> dict[str, str]:
         return {"ip": self.ip, "source": self.source}
@@ -129,11 +124,6 @@ class Resolution:
     domain: str | None = None
     uuid: str | None = None
     notes: list[str] = field(default_factory=list)  # resolution-wide remarks (OVSDB unreachable, ...)
-
-    @property
-    def ready(self) -> list[Target]:
-        """The targets whose route can carry frames now."""
-        return [t for t in self.targets if t.route not in self.problems]
 
     def record(self) -> dict[str, object]:
         """The JSON shape of `rarp-announce targets --json`."""

@@ -52,7 +52,20 @@ def check_uuid(text: str, what: str = "--uuid") -> str:
     return uuid
 
 
+def one_line(text: str) -> str:
+    """`text` with every run of whitespace (newlines included) folded to one space."""
+    return " ".join(text.split())
+
+
 def shown(text: str, limit: int = 40) -> str:
     """Text safe to echo in a one-line message: whitespace folded, long input cut."""
-    text = " ".join(str(text).split())
+    text = one_line(str(text))
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def quoted(text: str, limit: int = 40) -> str:
+    """`text` quoted for a one-line message, long input cut. repr() escapes its newlines and
+    control characters, so the text is echoed as given rather than folded as by shown()."""
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    return repr(text)

@@ -39,7 +39,7 @@ from rarp_announce.announce.frames import (
     na_frame,
     rarp_frame,
 )
-from rarp_announce.errors import AnnounceError, DeviceError, InputError
+from rarp_announce.errors import DeviceError, InputError
 from rarp_announce.ipaddr import ip_problem
 from rarp_announce.mac import format_mac
 
@@ -93,22 +93,23 @@ def decode(raw: bytes, when: float = 0.0) -> SeenFrame | None:
         return None
     arp = packet[ARP]
     source = packet.src.lower()
-    expected = _expected(raw[6:12], vlan, priority or 0)
-    shape = raw[: len(expected)] == expected and _padding_ok(raw, expected)
+    expected = _built(rarp_frame, raw[6:12], vlan, priority or 0)
+    shape = _matches(raw, expected)
     problem = None if shape else _why(_rarp_problems(raw), raw, expected)
     return SeenFrame(when, source, vlan, priority or 0, int(arp.op), shape, len(raw), raw, "rarp", None, problem)
 
 
-def _expected(mac: bytes, vlan: int | None, priority: int) -> bytes:
+def _built(builder: Callable[..., bytes], *args: object) -> bytes:
+    """What `builder` makes of these fields, or b'' when it refuses them (nothing can match)."""
     try:
-        return rarp_frame(mac, vlan, priority)
-    except AnnounceError:
+        return builder(*args)
+    except InputError:
         return b""
 
 
-def _padding_ok(raw: bytes, expected: bytes) -> bool:
-    # A capture may carry extra trailing zero bytes from the NIC; QEMU's frame is what matters.
-    return bool(expected) and not any(raw[len(expected):])
+def _matches(raw: bytes, expected: bytes) -> bool:
+    # A capture may carry extra trailing zero bytes from the NIC; the built frame is what matters.
+    return bool(expected) and raw[: len(expected)] == expected and not any(raw[len(expected):])
 
 
 def decode_garp(raw: bytes, when: float = 0.0) -> SeenFrame | None:
@@ -117,8 +118,10 @@ def decode_garp(raw: bytes, when: float = 0.0) -> SeenFrame | None:
     Every ARP frame is decoded, so that one meant as an announcement but built wrong (a reply,
     differing sender and target IP, a probe from 0.0.0.0) is shown with why it is not one.
     """
-    if frame_kind(raw) != "garp":
-        return None
+    return _decode_garp(raw, when) if frame_kind(raw) == "garp" else None
+
+
+def _decode_garp(raw: bytes, when: float) -> SeenFrame:
     vlan, priority, offset = _tag(raw)
     problems = _ethernet_problems(raw, vlan, BROADCAST, "broadcast")
     body = raw[offset : offset + _ARP_BODY.size]
@@ -143,7 +146,7 @@ def decode_garp(raw: bytes, when: float = 0.0) -> SeenFrame | None:
         _append_ip_problem(problems, "sender IP", sender)
     if tha != _ZERO_MAC:
         problems.append(f"target MAC {format_mac(tha)} is not 00:00:00:00:00:00 (RFC 5227 2.3)")
-    expected = _build(garp_frame, raw[6:12], spa, vlan, priority)
+    expected = _built(garp_frame, raw[6:12], spa, vlan, priority)
     return _seen(raw, when, "garp", vlan, priority, op, sender, problems, expected)
 
 
@@ -153,8 +156,10 @@ def decode_na(raw: bytes, when: float = 0.0) -> SeenFrame | None:
     Every NA is decoded, so that a solicited one, or one a router would drop (hop limit not
     255, a bad checksum), is shown with why it is not an unsolicited announcement.
     """
-    if frame_kind(raw) != "na":
-        return None
+    return _decode_na(raw, when) if frame_kind(raw) == "na" else None
+
+
+def _decode_na(raw: bytes, when: float) -> SeenFrame:
     vlan, priority, offset = _tag(raw)
     problems = _ethernet_problems(raw, vlan, ALL_NODES_MAC, "33:33:00:00:00:01 (all-nodes)")
     header = raw[offset : offset + _IPV6_HEADER.size]
@@ -202,14 +207,15 @@ def decode_na(raw: bytes, when: float = 0.0) -> SeenFrame | None:
         )
     elif lladdr != raw[6:12]:
         problems.append(f"target link-layer address {format_mac(lladdr)} is not the Ethernet source {format_mac(raw[6:12])}")
-    expected = _build(na_frame, raw[6:12], target, vlan, priority)
+    expected = _built(na_frame, raw[6:12], target, vlan, priority)
     return _seen(raw, when, "na", vlan, priority, kind, target_text, problems, expected)
 
 
+# By kind, once frame_kind has said which: the ARP and NA decoders need not ask it again.
 _DECODERS: dict[FrameKind, Callable[[bytes, float], SeenFrame | None]] = {
     "rarp": decode,
-    "garp": decode_garp,
-    "na": decode_na,
+    "garp": _decode_garp,
+    "na": _decode_na,
 }
 
 
@@ -272,23 +278,12 @@ def _append_ip_problem(problems: list[str], name: str, text: str) -> None:
         problems.append(f"{name}: {problem}")
 
 
-def _build(builder: Callable[..., bytes], mac: bytes, ip: bytes, vlan: int | None, priority: int) -> bytes:
-    try:
-        return builder(mac, ip, vlan, priority)
-    except InputError:
-        return b""
-
-
 def _seen(
     raw: bytes, when: float, kind: FrameKind, vlan: int | None, priority: int, opcode: int,
     ip: str, problems: list[str], expected: bytes,
 ) -> SeenFrame:
     # The builder is the definition of the shape; the field checks above only explain a miss.
-    # Trailing zeros are tolerated as for RARP: a NIC may pad what it hands a packet socket.
-    if not problems and expected and raw[: len(expected)] == expected and not any(raw[len(expected):]):
-        problem = None
-    else:
-        problem = _why(problems, raw, expected)
+    problem = None if not problems and _matches(raw, expected) else _why(problems, raw, expected)
     return SeenFrame(when, format_mac(raw[6:12]), vlan, priority, opcode, problem is None, len(raw), raw, kind, ip, problem)
 
 

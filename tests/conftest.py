@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from rarp_announce.lab.router import Router
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "rarp_announce"]
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+ROUTER_DEVICE = "r0"  # the router's end of the `router` fixture's veth
+HOST_DEVICE = "h0"  # the host's end, where frames for the router are written
 
 
 def require(condition: bool, why: str) -> None:
@@ -75,3 +83,26 @@ def lab(root_netns, libvirt_module, tmp_path):
         yield environment
     finally:
         environment.close()
+
+
+@pytest.fixture
+def router(root_netns: None) -> Iterator[tuple[Router, str]]:
+    """A Linux router netns (192.0.2.1/24 and 2001:db8:1::1/64 on ROUTER_DEVICE) and a host netns
+    joined by a veth, HOST_DEVICE up; yields the router and the host's netns, both removed after."""
+    from rarp_announce.lab.netns import unique
+    from rarp_announce.lab.router import Router, supported
+
+    require(supported(), "needs net.ipv6.conf.*.accept_untracked_na (Linux 5.18 or later)")
+    ns_router, ns_host = unique("sr"), unique("sh")
+    made = []
+    try:
+        for name in (ns_router, ns_host):
+            subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
+            made.append(name)
+        subprocess.run(["ip", "-n", ns_router, "link", "add", ROUTER_DEVICE, "type", "veth", "peer", "name", HOST_DEVICE,
+                        "netns", ns_host], check=True, timeout=10)
+        subprocess.run(["ip", "-n", ns_host, "link", "set", HOST_DEVICE, "up"], check=True, timeout=10)
+        yield Router(ns_router, ROUTER_DEVICE, ("192.0.2.1/24", "2001:db8:1::1/64")).setup(), ns_host
+    finally:
+        for name in reversed(made):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)

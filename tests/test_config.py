@@ -56,6 +56,17 @@ def write(tmp_path, text: str) -> str:
     return str(path)
 
 
+def check_named_in_one_line(tmp_path, text: str, message: str) -> None:
+    """Loading `text` fails with one line naming the file, then `message`."""
+    path = write(tmp_path, text)
+    with pytest.raises(InputError) as caught:
+        load_config(path)
+    text_of_error = str(caught.value)
+    assert text_of_error.startswith(f"config file {path!r}: ")
+    assert message in text_of_error
+    assert "\n" not in text_of_error
+
+
 def test_every_key_is_read(tmp_path):
     config = load_config(write(tmp_path, FULL))
     assert config == Config(
@@ -166,13 +177,7 @@ def test_metrics_empty_string_means_no_endpoint(tmp_path):
     ],
 )
 def test_broken_keys_are_named_in_one_line(tmp_path, text, message):
-    path = write(tmp_path, text)
-    with pytest.raises(InputError) as caught:
-        load_config(path)
-    text_of_error = str(caught.value)
-    assert text_of_error.startswith(f"config file {path!r}: ")
-    assert message in text_of_error
-    assert "\n" not in text_of_error
+    check_named_in_one_line(tmp_path, text, message)
 
 
 def test_invalid_toml_is_one_line(tmp_path):
@@ -302,10 +307,4 @@ def test_addresses_defaults(tmp_path):
     ],
 )
 def test_broken_addresses_keys_are_named_in_one_line(tmp_path, text, message):
-    path = write(tmp_path, text)
-    with pytest.raises(InputError) as caught:
-        load_config(path)
-    text_of_error = str(caught.value)
-    assert text_of_error.startswith(f"config file {path!r}: ")
-    assert message in text_of_error
-    assert "\n" not in text_of_error
+    check_named_in_one_line(tmp_path, text, message)

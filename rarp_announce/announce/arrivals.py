@@ -87,7 +87,6 @@ class Arrival:
     # VLAN than its placeholder had still counts as the same wait ending.
     waiting: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
     gave_up: dict[TargetKey, str] = field(default_factory=dict)  # target -> the problem it was given up for
-    created: float = field(default_factory=time.monotonic)
     arrived_at: float | None = None
     trigger: str = ""
     seen: float | None = None  # monotonic time the arrival's event reached us (for the latency)
@@ -130,7 +129,6 @@ class ArrivalTable:
         self.observers: list[Observer] = list(observers)
         self.entries: dict[str, Arrival] = {}
         self._tasks: set[asyncio.Task[object]] = set()
-        self._device_waits_on: dict[str, Arrival] = {}  # uuid -> an arrival whose Linux device is awaited
         self._recheck: asyncio.TimerHandle | None = None  # the one timer of the shared device re-check
 
     # ---- what triggers say -------------------------------------------------------------------
@@ -141,10 +139,9 @@ class ArrivalTable:
 
         Replaces any earlier entry of this domain: a new incoming migration is a new arrival.
         """
-        self.forget(uuid)
-        entry = self.entries[uuid] = Arrival(uuid, name, source=source, identity=identity)
-        preparing = entry.preparing = asyncio.ensure_future(self._prepare(entry, xml))
-        await asyncio.wait([preparing])
+        entry = self.expect_soon(uuid, name, xml=xml, source=source, identity=identity)
+        assert entry.preparing is not None
+        await asyncio.wait([entry.preparing])
         return entry
 
     def expect_soon(self, uuid: str, name: str, *, xml: str | None = None, source: str = "event",
@@ -161,14 +158,18 @@ class ArrivalTable:
             entry._timer = asyncio.get_running_loop().call_later(expire_after, self._expire, entry, expire_after)
         return entry
 
-    def confirm(self, uuid: str) -> None:
-        """libvirt reported the arrival the hook announced: it no longer expires."""
+    def incoming(self, uuid: str, name: str) -> Arrival | None:
+        """libvirt reports an incoming migration (STARTED/MIGRATED). An arrival a hook handed over
+        already is kept (its XML is being prepared) and confirmed: it no longer expires. Anything
+        else is prepared afresh from the live XML. The new entry, or None when one was kept."""
         entry = self.entries.get(uuid)
-        if entry is not None:
-            entry.confirmed = True
-            if entry.phase != "arrived" and entry._timer is not None:
-                entry._timer.cancel()
-                entry._timer = None
+        if entry is None or entry.phase != "incoming" or entry.source == "event":
+            return self.expect_soon(uuid, name, source="event")
+        entry.confirmed = True
+        if entry._timer is not None:
+            entry._timer.cancel()
+            entry._timer = None
+        return None
 
     def _expire(self, entry: Arrival, after: float) -> None:
         entry._timer = None
@@ -244,21 +245,24 @@ class ArrivalTable:
         a VLAN change, are reconciled (no libvirt call: the XML is the one already known), and
         arrivals still to come are prepared again with what OVSDB says now."""
         now = time.monotonic()
-        window = self._config().ovs.wiring_timeout
         for entry in list(self.entries.values()):
             if entry.phase != "arrived" and entry.xml is not None and (entry.preparing is None or entry.preparing.done()):
                 entry.preparing = self._spawn(self._prepare(entry, entry.xml))
                 continue
-            if entry.phase != "arrived" or entry.arrived_at is None:
-                continue
-            if now - entry.arrived_at > window or not any(t.ovs is not None for t in entry.targets):
-                continue
-            self._spawn(self.reconcile(entry.uuid, trigger="ovs-change"))
+            until = self.ovs_window_end(entry)
+            if until is not None and now <= until:
+                self._spawn(self.reconcile(entry.uuid, trigger="ovs-change"))
+
+    def ovs_window_end(self, entry: Arrival) -> float | None:
+        """Until when (monotonic) an OVSDB change re-announces this arrival (a port rewired into
+        another VLAN); None when it has not arrived or has no OVS port."""
+        if entry.phase != "arrived" or entry.arrived_at is None or not any(t.ovs is not None for t in entry.targets):
+            return None
+        return entry.arrived_at + self._config().ovs.wiring_timeout
 
     def forget(self, uuid: str) -> Arrival | None:
         """The domain left (stopped, migrated away) or is replaced: stop everything for it."""
         entry = self.entries.pop(uuid, None)
-        self._device_waits_on.pop(uuid, None)
         if entry is not None:
             if entry._timer is not None:
                 entry._timer.cancel()
@@ -316,13 +320,13 @@ class ArrivalTable:
     async def _reconcile_once(self, entry: Arrival, reread: bool, trigger: str | None) -> None:
         xml = entry.xml
         now = time.monotonic()
-        if reread or (now - entry._last_reread >= _REREAD_EVERY and self._device_waits(entry)):
+        due = reread or (now - entry._last_reread >= _REREAD_EVERY and self._device_waits(entry))
+        if due:
             entry._last_reread = now
+        if due or xml is None:
             live = self.resolver.live_xml(entry.uuid)
             if live is not None:
                 xml = live
-        if xml is None:
-            xml = self.resolver.live_xml(entry.uuid)
         if xml is None:
             self._notify("resolve_failed", entry, "no domain XML: libvirt is not reachable")
             return
@@ -394,15 +398,19 @@ class ArrivalTable:
     def _device_waits(self, entry: Arrival) -> bool:
         return any(not _resolution_problem(entry, t) for t in entry.pending())
 
+    def _awaits_device(self, entry: Arrival) -> bool:
+        """Whether the shared re-check is for this entry. Before its arrival an entry's problems
+        are its preparation's, which reconcile leaves alone, so the re-check must too."""
+        return entry.phase == "arrived" and self._device_waits(entry)
+
     def _schedule(self, entry: Arrival) -> None:
-        """Set the one timer of an entry (its earliest give-up), and enlist it in the shared device
-        re-check while a Linux device of it is awaited."""
+        """Set the one timer of an entry (its earliest give-up), and arm the shared device re-check
+        while a Linux device of it is awaited."""
         if entry._timer is not None:
             entry._timer.cancel()
             entry._timer = None
         pending = entry.pending()
         if not pending:
-            self._device_waits_on.pop(entry.uuid, None)
             entry.settled.set()
             return
         entry.settled.clear()
@@ -410,12 +418,8 @@ class ArrivalTable:
         deadline = min(entry.arrived_at + self._timeout(t) for t in pending)
         loop = asyncio.get_running_loop()
         entry._timer = loop.call_at(loop.time() + max(0.0, deadline - time.monotonic()), self._wake, entry)
-        if self._device_waits(entry):
-            self._device_waits_on[entry.uuid] = entry
-            if self._recheck is None:
-                self._recheck = loop.call_later(self._config().daemon.retry_interval, self._recheck_due)
-        else:
-            self._device_waits_on.pop(entry.uuid, None)
+        if self._device_waits(entry) and self._recheck is None:
+            self._recheck = loop.call_later(self._config().daemon.retry_interval, self._recheck_due)
 
     def _recheck_due(self) -> None:
         self._recheck = None
@@ -425,8 +429,7 @@ class ArrivalTable:
         """The shared re-check: one readiness check of every awaited Linux device, then a reconcile
         of each arrival whose devices changed, or whose live XML is due for a re-read."""
         now = time.monotonic()
-        waiting = [e for e in self._device_waits_on.values()
-                   if self.entries.get(e.uuid) is e and not e._reconciling]
+        waiting = [e for e in self.entries.values() if not e._reconciling and self._awaits_device(e)]
         routes = {t.route: t for e in waiting for t in e.pending() if not _resolution_problem(e, t)}
         try:
             problems = await self.resolver.check(routes.values()) if routes else {}
@@ -446,10 +449,7 @@ class ArrivalTable:
                     continue
                 rereads -= 1
             self._spawn(self.reconcile(entry.uuid, trigger="retry"))
-        for uuid, entry in list(self._device_waits_on.items()):
-            if self.entries.get(uuid) is not entry or not self._device_waits(entry):
-                del self._device_waits_on[uuid]
-        if self._device_waits_on and self._recheck is None:
+        if self._recheck is None and any(self._awaits_device(e) for e in self.entries.values()):
             self._recheck = asyncio.get_running_loop().call_later(self._config().daemon.retry_interval,
                                                                   self._recheck_due)
 

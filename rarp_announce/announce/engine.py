@@ -47,7 +47,6 @@ class Announcement:
 
     targets: list[Target]
     frames: list[tuple[Frame, ...]]  # each target's frames, built once, in the order they leave
-    schedule: Schedule
     trigger: str
     domain: str | None
     started: float
@@ -108,18 +107,19 @@ class Announcer:
         built: list[tuple[Frame, ...]] = []
         seen: set[TargetKey] = set()
         for target in targets:
+            # Popped even for a target that joins a running schedule: release() only sees the
+            # targets of the current resolution, so frames left here could stay for good.
+            prepared = self._prepared.pop(target, None)
             if target.key in self._running or target.key in seen:
                 continue
             seen.add(target.key)
             fresh.append(target)
-            prepared = self._prepared.pop(target, None)
             built.append(prepared if prepared is not None else frames_for(target))
         if not fresh:
             return None
         announcement = Announcement(
             targets=fresh,
             frames=built,
-            schedule=schedule,
             trigger=trigger,
             domain=domain,
             started=loop.time(),

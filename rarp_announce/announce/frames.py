@@ -7,9 +7,9 @@ exact shape, so no byte may differ from what QEMU sends.
 from __future__ import annotations
 
 import struct
-from typing import Literal
 
 from rarp_announce.errors import InputError
+from rarp_announce.model import FrameType
 
 ETH_P_RARP = 0x8035
 ETH_P_8021Q = 0x8100
@@ -27,6 +27,17 @@ _PADDING = bytes(FRAME_LEN - 14 - _RARP_BODY.size)
 _ZERO_IP = bytes(4)
 
 
+def _ethernet_header(dst: bytes, mac: bytes, ethertype: int, vlan: int | None, priority: int) -> bytes:
+    if vlan is None:
+        return dst + mac + struct.pack("!H", ethertype)
+    return dst + mac + struct.pack("!HHH", ETH_P_8021Q, (priority << 13) | vlan, ethertype)
+
+
+def _check_octets(what: str, value: bytes, size: int, hint: str = "") -> None:
+    if len(value) != size:
+        raise InputError(f"{what} has {size} octets, got {len(value)}{hint}")
+
+
 def check_vlan(vlan: int | None, priority: int = 0) -> None:
     if vlan is not None and not 1 <= vlan <= 4094:
         raise InputError(f"invalid VLAN id {vlan}: expected 1..4094 (0 and 4095 are reserved)")
@@ -38,18 +49,12 @@ def check_vlan(vlan: int | None, priority: int = 0) -> None:
 
 def rarp_frame(mac: bytes, vlan: int | None = None, priority: int = 0) -> bytes:
     """The 60-byte RARP announce for `mac`, or the 64-byte tagged one when `vlan` is given."""
-    if len(mac) != 6:
-        raise InputError(f"a MAC has 6 octets, got {len(mac)}")
+    _check_octets("a MAC", mac, 6)
     check_vlan(vlan, priority)
     body = _RARP_BODY.pack(
         ARP_HRD_ETHER, ETH_P_IP, 6, 4, RARP_OP_REQUEST_REVERSE, mac, _ZERO_IP, mac, _ZERO_IP
     )
-    if vlan is None:
-        header = BROADCAST + mac + struct.pack("!H", ETH_P_RARP)
-    else:
-        tci = (priority << 13) | vlan
-        header = BROADCAST + mac + struct.pack("!HHH", ETH_P_8021Q, tci, ETH_P_RARP)
-    return header + body + _PADDING
+    return _ethernet_header(BROADCAST, mac, ETH_P_RARP, vlan, priority) + body + _PADDING
 
 
 def frame_vlan(frame: bytes) -> int | None:
@@ -92,17 +97,6 @@ _PSEUDO_HEADER = struct.Struct("!16s16sI3xB")
 _IPV6_VERSION_WORD = 6 << 28  # traffic class 0 and flow label 0, as the kernel's own NA
 # RFC 4861 7.1.2: a receiver drops an NA whose hop limit is not 255 (proof it was not routed).
 _ND_HOP_LIMIT = 255
-
-
-def _ethernet_header(dst: bytes, mac: bytes, ethertype: int, vlan: int | None, priority: int) -> bytes:
-    if vlan is None:
-        return dst + mac + struct.pack("!H", ethertype)
-    return dst + mac + struct.pack("!HHH", ETH_P_8021Q, (priority << 13) | vlan, ethertype)
-
-
-def _check_octets(what: str, value: bytes, size: int, hint: str = "") -> None:
-    if len(value) != size:
-        raise InputError(f"{what} has {size} octets, got {len(value)}{hint}")
 
 
 def garp_frame(mac: bytes, ipv4: bytes, vlan: int | None = None, priority: int = 0) -> bytes:
@@ -151,7 +145,7 @@ def na_frame(mac: bytes, ipv6: bytes, vlan: int | None = None, priority: int = 0
     return _ethernet_header(ALL_NODES_MAC, mac, ETH_P_IPV6, vlan, priority) + ip_header + message
 
 
-FrameKind = Literal["rarp", "garp", "na"]
+FrameKind = FrameType
 
 
 def frame_kind(frame: bytes) -> FrameKind | None:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import errno
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 
 from rarp_announce.errors import AnnounceError
+from rarp_announce.names import one_line
 from rarp_announce.textio import output_failure
 
 if TYPE_CHECKING:
@@ -44,10 +45,10 @@ class _App(typer.Typer):
                     pass  # stderr is full or gone: the exit code still says it
                 sys.exit(error.exit_code)
             where = f" (see '{error.ctx.command_path} --help')" if error.ctx is not None else ""
-            _say_error(f"{_one_line(error.format_message())}{where}")
+            _say_error(f"{one_line(error.format_message())}{where}")
             sys.exit(error.exit_code)
         except exceptions.ClickException as error:
-            _say_error(_one_line(error.format_message()))
+            _say_error(one_line(error.format_message()))
             sys.exit(error.exit_code)
         except typer.Abort:
             _say("rarp-announce: aborted")
@@ -117,10 +118,6 @@ def _click_exceptions():
     return exceptions
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
-
-
 app = _App(
     name="rarp-announce",
     help=(
@@ -168,7 +165,7 @@ def schedule_from_options(base: Schedule | None = None, **given: int | float | N
     return dataclasses.replace(base, **overrides)
 
 
-def make_sink(pcap: str | None, dry_run: bool, config: Config | None = None) -> Sink:
+def make_sink(pcap: str | None, dry_run: bool, config: Config) -> Sink:
     """The sink the options ask for: a pcap file, a dry run, or the network."""
     if pcap is not None and dry_run:
         from rarp_announce.errors import InputError
@@ -184,26 +181,51 @@ def make_sink(pcap: str | None, dry_run: bool, config: Config | None = None) -> 
         return DryRunSink(sys.stdout)
     from rarp_announce.transport.wire import WireSink
 
-    return WireSink(config.ovs.endpoint if config is not None else None)
+    return WireSink(config.ovs.endpoint)
 
 
-def frame_tally() -> tuple[Callable[[FrameEvent], None], dict[str, object]]:
-    """An observer counting frames sent and keeping the first failures, and what it counts."""
-    state: dict[str, object] = {"sent": 0, "failures": []}
+class FrameTally:
+    """A frame observer: how many frames left, and why each failed one did not."""
 
-    def tally(event: FrameEvent) -> None:
+    def __init__(self) -> None:
+        self.sent = 0
+        self.failures: list[str] = []
+
+    def __call__(self, event: FrameEvent) -> None:
         if event.error:
-            failures = state["failures"]
-            assert isinstance(failures, list)
-            failures.append(f"{_route_word(event.target)} {event.target.route!r}: {event.error}")
+            self.failures.append(f"{route_label(event.target)}: {event.error}")
         else:
-            state["sent"] = int(state["sent"]) + 1  # type: ignore[call-overload]
-
-    return tally, state
+            self.sent += 1
 
 
-def _route_word(target: Target) -> str:
-    return "device" if target.ovs is None else "OVS port"
+def route_label(target: Target) -> str:
+    """How a message names a target's route: device 'br0', or OVS port '...'."""
+    return f"{'device' if target.ovs is None else 'OVS port'} {target.route!r}"
+
+
+def ovs_snapshot(config: Config, timeout: float) -> tuple[Any, str | None]:
+    """One read of the OVS database for a command (outside any event loop): (snapshot, None), or
+    (None, why not); (None, None) when the config says never to read it."""
+    from rarp_announce.resolve.ovsdb import OvsdbUnavailable, read_once
+
+    remote = config.ovs.remote()
+    if remote is None:
+        return None, None
+    try:
+        return read_once(remote, timeout=timeout), None
+    except OvsdbUnavailable as exc:
+        return None, exc.reason
+
+
+async def openflow_port_once(config: Config, bridge: str, port: str) -> int | None:
+    """A port's OpenFlow number asked of its bridge on a connection of its own, for a command."""
+    from rarp_announce.transport.openflow import OpenFlowSink
+
+    lookup = OpenFlowSink(config.ovs.endpoint)
+    try:
+        return await lookup.port_number(bridge, port)
+    finally:
+        lookup.close()
 
 
 def summary_line(targets: Sequence[Target], sink: Sink, sent: int, schedule: Schedule) -> str:
@@ -214,11 +236,9 @@ def summary_line(targets: Sequence[Target], sink: Sink, sent: int, schedule: Sch
     return f"announced {len({t.mac for t in targets})} MAC(s) {where}: {sent} frame(s) over {schedule.duration:.3f} s"
 
 
-def report_failures(state: dict[str, object]) -> int:
-    failures = state["failures"]
-    assert isinstance(failures, list)
-    if failures:
-        typer.echo(f"rarp-announce: error: {failures[0]} ({len(failures)} frame(s) failed)", err=True)
+def report_failures(tally: FrameTally) -> int:
+    if tally.failures:
+        typer.echo(f"rarp-announce: error: {tally.failures[0]} ({len(tally.failures)} frame(s) failed)", err=True)
         return 1
     return 0
 
@@ -229,8 +249,6 @@ def run_announcement(
     sink: Sink,
     *,
     as_json: bool,
-    trigger: str = "cli",
-    domain: str | None = None,
     check: bool = True,
 ) -> int:
     """`send`: check every route (the readiness check), announce on one schedule, report each frame."""
@@ -243,7 +261,7 @@ def run_announcement(
     from rarp_announce.transport.dryrun import DryRunSink
     from rarp_announce.textio import emit_line
 
-    tally, state = frame_tally()
+    tally = FrameTally()
     observers = [tally] + ([frame_reporter()] if as_json else [])
 
     async def _run() -> None:
@@ -253,7 +271,7 @@ def run_announcement(
         if problems:
             route, reason = next(iter(problems.items()))
             raise DeviceError(route, reason)
-        announcer.announce(targets, schedule, trigger=trigger, domain=domain)
+        announcer.announce(targets, schedule, trigger="cli")
         await announcer.drain()
 
     try:
@@ -263,5 +281,5 @@ def run_announcement(
     finally:
         sink.close()
     if not as_json and not isinstance(sink, DryRunSink):
-        emit_line(sys.stdout, summary_line(targets, sink, int(state["sent"]), schedule))  # type: ignore[call-overload]
-    return report_failures(state)
+        emit_line(sys.stdout, summary_line(targets, sink, tally.sent, schedule))
+    return report_failures(tally)

@@ -21,6 +21,7 @@ hook_app = typer.Typer(
 )
 app.add_typer(hook_app, name="hook")
 
+_HOOKS_DIR = "/etc/libvirt/hooks"  # libvirt's, for every packaged libvirtd
 HooksDirOpt = Annotated[
     str,
     typer.Option("--hooks-dir", help="libvirt's hooks directory (a lab host's private /etc/libvirt/hooks, say).", metavar="DIR"),
@@ -29,7 +30,7 @@ HooksDirOpt = Annotated[
 
 @hook_app.command()
 def install(
-    hooks_dir: HooksDirOpt = "/etc/libvirt/hooks",
+    hooks_dir: HooksDirOpt = _HOOKS_DIR,
     mode: Annotated[Optional[str], typer.Option("--mode", help="auto: the daemon, else a standalone waiter; daemon: hand-off only; standalone: never the daemon.", show_default="config [hook] mode, else auto")] = None,
     control_socket: Annotated[Optional[str], typer.Option("--control-socket", help="The daemon's control socket.", metavar="PATH", show_default="config [hook] control_socket")] = None,
     config: ConfigOpt = None,
@@ -83,7 +84,7 @@ def install(
 
 
 @hook_app.command()
-def uninstall(hooks_dir: HooksDirOpt = "/etc/libvirt/hooks") -> None:
+def uninstall(hooks_dir: HooksDirOpt = _HOOKS_DIR) -> None:
     """Remove the hook and the directories `hook install` created (when empty); nothing else.
 
     Example: rarp-announce hook uninstall --hooks-dir /etc/libvirt/hooks
@@ -101,7 +102,7 @@ def uninstall(hooks_dir: HooksDirOpt = "/etc/libvirt/hooks") -> None:
 
 
 @hook_app.command()
-def status(hooks_dir: HooksDirOpt = "/etc/libvirt/hooks", json_: JsonOpt = False) -> None:
+def status(hooks_dir: HooksDirOpt = _HOOKS_DIR, json_: JsonOpt = False) -> None:
     """Is the hook installed, with which mode, and does the daemon answer its control socket?
 
     Exit code 0 when installed without problems, 1 otherwise.
@@ -153,22 +154,10 @@ def wait(
 
     Example: rarp-announce hook wait --uuid 4dea22b3-1d52-d8f3-2516-782e98ab3fa0 --timeout 60
     """
-    from rarp_announce.config import libvirt_uri, load_config
-    from rarp_announce.triggers import waiter
+    from rarp_announce.triggers.waiter import wait_main
 
-    log = waiter.setup_logging()
-    try:
-        cfg = load_config(config)
-        result = waiter.run(uuid, name=name, timeout=timeout, uri=libvirt_uri(connect, cfg), config=cfg, hook_pid=hook_pid,
-                            ask_daemon=ask_daemon, waiter_dir=waiter_dir)
-    except AnnounceError as error:
-        # stderr is the hook's log file here: one line, not a second copy through fail()
-        log.error("error: %s", error)
-        raise typer.Exit(error.exit_code)
-    except KeyboardInterrupt:
-        raise typer.Exit(130)
-    log.info("%s: %s", result.outcome, result.detail)
-    raise typer.Exit(result.exit_code)
+    raise typer.Exit(wait_main(uuid, name=name, timeout=timeout, connect=connect, config_path=config,
+                               hook_pid=hook_pid, ask_daemon=ask_daemon, waiter_dir=waiter_dir))
 
 
 def _daemon_answers(path: str) -> bool:

@@ -13,8 +13,8 @@ from rarp_announce.errors import AnnounceError, InputError
 lab_app = typer.Typer(
     name="lab",
     help=(
-        "A real two-host live-migration lab on this machine: a VLAN-aware Open vSwitch 'physical "
-        "switch', two hypervisor hosts (network namespaces, each with its own libvirtd, Linux "
+        "A real two-host live-migration lab on this machine: a 'physical switch' (a Linux bridge, "
+        "learning per frame in the kernel), two hypervisor hosts (network namespaces, each with its own libvirtd, Linux "
         "bridge and OVS bridge), a client sending to the guest, a guest with two vNICs, and our "
         "announcer. QEMU's own RARPs are lost (dropped on the Linux bridge, and on OVS the port is "
         "wired late, from the dead VLAN 4095), so the guest is reachable again only because of our "

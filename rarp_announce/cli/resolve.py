@@ -23,14 +23,15 @@ from rarp_announce.cli._common import (
     app,
     fail,
     make_sink,
+    openflow_port_once,
+    ovs_snapshot,
     schedule_from_options,
 )
-from rarp_announce.announce.arrivals import Arrival, Observer
 from rarp_announce.errors import AnnounceError, InputError
-from rarp_announce.model import Resolution, Target
 
 if TYPE_CHECKING:
     from rarp_announce.config import Config
+    from rarp_announce.model import Resolution
     from rarp_announce.transport.base import Sink
 
 @app.command()
@@ -66,9 +67,11 @@ def targets(
             document = _read_xml(xml)
             conn = _connect(connect, config) if connect else None
         else:
+            from rarp_announce.virt.connection import running_domain_xml
+
             conn = _connect(connect, config)
-            document = _running_xml(conn, domain or "")
-        resolution = asyncio.run(_resolve_here(document, config, conn, _ovs_snapshot(config), check=True))
+            _dom, document = running_domain_xml(conn, domain or "")
+        resolution = asyncio.run(_resolve_here(document, config, conn, ovs_snapshot(config, timeout=1.0)))
     except AnnounceError as error:
         fail(error)
     if json_:
@@ -136,167 +139,37 @@ def domain_command(
     except AnnounceError as error:
         fail(error)
     try:
+        from rarp_announce.cli._domain import announce_domain
+        from rarp_announce.virt.connection import running_domain_xml
+
         conn = _connect(connect, config)
-        document = _running_xml(conn, name)
-        code = asyncio.run(_announce_domain(document, config, conn, sink, as_json=json_,
-                                            offline=pcap is not None or dry_run))
+        dom, document = running_domain_xml(conn, name)
+        code = asyncio.run(announce_domain(dom, document, config, conn, sink, as_json=json_,
+                                           offline=pcap is not None or dry_run))
     except AnnounceError as error:
         sink.close()
         fail(error)
     raise typer.Exit(code)
 
 
-class _Report(Observer):
-    """What `domain` says on stderr: skipped vNICs, notes, and each route it could not use."""
-
-    def __init__(self) -> None:
-        self.failed: dict[str, str] = {}
-
-    def resolved(self, arrival: Arrival, resolution: Resolution) -> None:
-        for skipped in resolution.skipped:
-            typer.echo(f"rarp-announce: note: skipped {skipped.interface} ({skipped.kind}): {skipped.reason}", err=True)
-        for note in resolution.notes:
-            typer.echo(f"rarp-announce: note: {note}", err=True)
-
-    def resolve_failed(self, arrival: Arrival, error: str) -> None:
-        typer.echo(f"rarp-announce: error: domain {arrival.name!r}: {error}", err=True)
-
-    def waiting(self, arrival: Arrival, target: Target, reason: str, timeout: float) -> None:
-        if timeout > 0:
-            typer.echo(f"rarp-announce: note: {_what(target)} not ready ({reason}); waiting up to {timeout:g} s", err=True)
-
-    def ready(self, arrival: Arrival, target: Target, waited: float, reason: str) -> None:
-        typer.echo(f"rarp-announce: note: {_what(target)} ready after {waited:.3f} s", err=True)
-
-    def guest_announced(self, arrival: Arrival, problem: str | None) -> None:
-        if problem is not None:
-            typer.echo(f"rarp-announce: note: guest announce failed: {problem}", err=True)
-
-    def gave_up(self, arrival: Arrival, target: Target, reason: str, after: float) -> None:
-        if target.route not in self.failed:
-            self.failed[target.route] = reason
-            typer.echo(f"rarp-announce: error: {_what(target)}: {reason}", err=True)
-
-
-def _what(target: Target) -> str:
-    return f"device {target.device!r}" if target.ovs is None else f"OVS port {target.route!r}"
-
-
-class _Offline:
-    """For --pcap and --dry-run: every target is written, whatever the host's devices say."""
-
-    def __init__(self, resolver: Any) -> None:
-        self._resolver = resolver
-
-    def live_xml(self, uuid: str) -> str | None:
-        return self._resolver.live_xml(uuid)
-
-    async def resolve(self, xml: str | bytes) -> Resolution:
-        resolution = await self._resolver.resolve(xml)
-        resolution.problems.clear()
-        return resolution
-
-    async def check(self, targets: Any) -> dict[str, str]:
-        return {}
-
-
-async def _announce_domain(document: str, config: Config, conn: Any, sink: Sink, *, as_json: bool,
-                           offline: bool) -> int:
-    """`domain`: the arrival table, as the daemon uses it, for one arrival announced now."""
-    from rarp_announce.announce.arrivals import ArrivalTable
-    from rarp_announce.announce.engine import Announcer
-    from rarp_announce.cli._common import frame_tally, report_failures, summary_line
-    from rarp_announce.cli._report import frame_reporter
-    from rarp_announce.resolve.domxml import parse_domain
-    from rarp_announce.textio import emit_line
-    from rarp_announce.transport.dryrun import DryRunSink
-
-    root = parse_domain(document)
-    name = (root.findtext("name") or "").strip() or "(unnamed)"
-    uuid = (root.findtext("uuid") or "").strip().lower() or name
-    tally, state = frame_tally()
-    announcer = Announcer(sink, observers=[tally] + ([frame_reporter()] if as_json else []))
-    host = _host_resolver(config, conn, sink, (None, None))
-    resolver: Any = _Offline(host) if offline else host
-    report = _Report()
-    table = ArrivalTable(announcer, resolver, lambda: config, observers=[report])
-    view = None
-    remote = config.ovs.remote()
-    if remote is not None:
-        # The live replica, as the daemon has it: with --wait, a port rewired meanwhile is seen.
-        from rarp_announce.resolve.ovsdb import OvsdbView
-
-        view = host.ovs = OvsdbView(remote, on_change=table.ovs_changed)
-        if not await view.start(timeout=1.0):
-            host.ovs_error = view.last_error
-    try:
-        entry = await table.expect(uuid, name, xml=document, source="cli")
-        if entry.resolution is None:
-            raise InputError(f"domain {name!r} cannot be resolved")
-        if not entry.targets:
-            raise AnnounceError(f"domain {name!r} has nothing to announce: every interface was skipped")
-        table.arrive(uuid, name, trigger="cli")
-        await table.settled(uuid)
-        await announcer.drain()
-    finally:
-        table.close()
-        sink.close()
-        if view is not None:
-            view.close()
-    announced = [t for t in entry.targets if t.key in entry.announced]
-    if not announced:
-        raise AnnounceError(f"domain {name!r} has nothing to announce: every device is missing or down")
-    if not as_json and not isinstance(sink, DryRunSink):
-        emit_line(sys.stdout, summary_line(announced, sink, int(state["sent"]), config.schedule))  # type: ignore[call-overload]
-    return report_failures(state) or (1 if report.failed or len(announced) < len(entry.targets) else 0)
-
-
-async def _resolve_here(document: str | bytes, config: Config, conn: Any, ovs: _Ovs, *, check: bool) -> Resolution:
+async def _resolve_here(document: str | bytes, config: Config, conn: Any, ovs: tuple[Any, str | None]) -> Resolution:
     """What `targets` shows: the resolution with this host's OVS ports and its readiness check."""
-    resolver = _host_resolver(config, conn, None, ovs)
+    resolver = host_resolver(config, conn, None, ovs)
     resolution = await resolver.resolve(document)
-    if check:
-        waiting = [t for t in resolution.targets if t.route not in resolution.problems]
-        resolution.problems.update(await resolver.check(waiting))
+    waiting = [t for t in resolution.targets if t.route not in resolution.problems]
+    resolution.problems.update(await resolver.check(waiting))
     return resolution
 
 
-_Ovs = tuple[Any, "str | None"]  # an OVSDB snapshot, or None and why there is none
+def host_resolver(config: Config, conn: Any, sink: Sink | None, ovs: tuple[Any, str | None]) -> Any:
+    """The resolver of a command: `ovs` is a one-shot OVSDB snapshot, or None and why there is none.
+    Port numbers OVSDB does not give are asked of the bridge, on the sink's connection if it has one."""
+    import functools
 
-
-def _ovs_snapshot(config: Config) -> _Ovs:
-    """One read of the OVS database for a command (outside any event loop)."""
-    from rarp_announce.resolve.ovsdb import OvsdbUnavailable, read_once
-
-    remote = config.ovs.remote()
-    if remote is None:
-        return None, None
-    try:
-        return read_once(remote, timeout=1.0), None
-    except OvsdbUnavailable as exc:
-        return None, exc.reason
-
-
-def _host_resolver(config: Config, conn: Any, sink: Sink | None, ovs: _Ovs) -> Any:
-    from rarp_announce.resolve.host import HostResolver
-    from rarp_announce.transport.wire import WireSink
+    from rarp_announce.resolve.host import HostResolver, sink_port_lookup
 
     snapshot, error = ovs
-
-    async def one_off(bridge: str, port: str) -> int | None:
-        from rarp_announce.transport.openflow import OpenFlowSink
-
-        lookup = OpenFlowSink(config.ovs.endpoint)
-        try:
-            return await lookup.port_number(bridge, port)
-        finally:
-            lookup.close()
-
-    openflow_port: Any = None
-    if isinstance(sink, WireSink):
-        openflow_port = sink.openflow.port_number
-    elif sink is None:
-        openflow_port = one_off
+    openflow_port = functools.partial(openflow_port_once, config) if sink is None else sink_port_lookup(sink)
     return HostResolver(lambda: config, connection=lambda: conn, ovs=snapshot, ovs_error=error,
                         openflow_port=openflow_port)
 
@@ -306,13 +179,6 @@ def _connect(connect: str | None, config: Config) -> Any:
     from rarp_announce.virt.connection import open_connection
 
     return open_connection(libvirt_uri(connect, config), readonly=True)
-
-
-def _running_xml(conn: Any, name: str) -> str:
-    from rarp_announce.virt.connection import running_domain_xml
-
-    _domain, xml = running_domain_xml(conn, name)
-    return xml
 
 
 def _read_xml(path: str) -> bytes:

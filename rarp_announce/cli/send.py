@@ -20,6 +20,8 @@ from rarp_announce.cli._common import (
     ConfigOpt,
     fail,
     make_sink,
+    openflow_port_once,
+    ovs_snapshot,
     run_announcement,
     schedule_from_options,
 )
@@ -110,16 +112,9 @@ def _manual_targets(macs: list[str], iface: str, vlan: int | None, priority: int
 def _refuse_ovs_bridge(iface: str, config: Config) -> None:
     """A frame with a guest's MAC written into an OVS bridge's own port makes OVS learn the guest
     on the host and deliver the guest's traffic there: refuse it, and say what to do instead."""
-    from rarp_announce.resolve.ovsdb import OvsdbUnavailable, read_once
-
-    remote = config.ovs.remote()
-    if remote is None:
-        return
-    try:
-        snapshot = read_once(remote, timeout=0.5)
-    except OvsdbUnavailable:
-        return  # no Open vSwitch here (or unreadable): the readiness check still refuses its ports
-    if snapshot.is_bridge(iface):
+    snapshot, _why = ovs_snapshot(config, timeout=0.5)
+    # No Open vSwitch here (or unreadable): the readiness check still refuses its ports.
+    if snapshot is not None and snapshot.is_bridge(iface):
         raise InputError(
             f"--iface {iface} is an Open vSwitch bridge: frames written into it make OVS learn the MAC on the "
             "host's own port; give the guest's port with --port PORT, or announce the domain (rarp-announce domain)"
@@ -128,32 +123,17 @@ def _refuse_ovs_bridge(iface: str, config: Config) -> None:
 
 def _ovs_port_number(bridge: str, port: str, config: Config) -> int:
     """The OpenFlow number of `port`: from OVSDB, else from the bridge itself."""
-    from rarp_announce.resolve.ovsdb import OvsdbUnavailable, read_once
-
-    remote = config.ovs.remote()
-    if remote is not None:
-        try:
-            info = read_once(remote, timeout=1.0).find_port(name=port)
-        except OvsdbUnavailable:
-            info = None
-        if info is not None:
-            if info.bridge != bridge:
-                raise InputError(f"--port {port} is on OVS bridge {info.bridge}, not {bridge}: fix --iface")
-            if info.ofport is None or info.ofport <= 0:
-                raise AnnounceError(f"OVS port {port} has no OpenFlow port number ({info.error or 'not ready'})")
-            return info.ofport
     import asyncio
 
-    from rarp_announce.transport.openflow import OpenFlowSink
-
-    async def ask() -> int | None:
-        sink = OpenFlowSink(config.ovs.endpoint)
-        try:
-            return await sink.port_number(bridge, port)
-        finally:
-            sink.close()
-
-    number = asyncio.run(ask())
+    snapshot, _why = ovs_snapshot(config, timeout=1.0)
+    info = snapshot.find_port(name=port) if snapshot is not None else None
+    if info is not None:
+        if info.bridge != bridge:
+            raise InputError(f"--port {port} is on OVS bridge {info.bridge}, not {bridge}: fix --iface")
+        if info.ofport is None or info.ofport <= 0:
+            raise AnnounceError(f"OVS port {port} has no OpenFlow port number ({info.error or 'not ready'})")
+        return info.ofport
+    number = asyncio.run(openflow_port_once(config, bridge, port))
     if number is None:
         raise InputError(f"no port {port} on Open vSwitch bridge {bridge} (check: ovs-vsctl list-ports {bridge})")
     return number

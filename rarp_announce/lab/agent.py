@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rarp_announce.lab.ovs import PrivateOVS
+from rarp_announce.virt.lifecycle import EVENT_RESUMED, EVENT_STARTED, RESUMED_MIGRATED, RESUMED_POSTCOPY, STARTED_MIGRATED
 
 Wiring = Literal["immediate", "late"]
 DEAD_VLAN = 4095
-_EVENT_STARTED, _STARTED_MIGRATED = 2, 1
-_EVENT_RESUMED, _RESUMED_MIGRATED = 4, (1, 3)
 
 
 @dataclass
@@ -35,7 +34,6 @@ class Rewiring:
     """What the agent did on the destination during one migration (wall-clock times)."""
 
     port: str | None = None
-    dead_at: float | None = None
     wired_start: float | None = None  # the `set port tag=` command began
     wired_at: float | None = None  # ... and returned (ovs-vswitchd applied it)
     errors: list[str] = field(default_factory=list)
@@ -88,7 +86,7 @@ class WiringAgent:
 
         def run() -> None:
             try:
-                started = events.wait(host, _EVENT_STARTED, (_STARTED_MIGRATED,), since, timeout)  # type: ignore[attr-defined]
+                started = events.wait(host, EVENT_STARTED, (STARTED_MIGRATED,), since, timeout)  # type: ignore[attr-defined]
                 if started is None:
                     record.errors.append("no STARTED/MIGRATED on the destination")
                     return
@@ -100,8 +98,7 @@ class WiringAgent:
                     self._timed_wire(ovs, record)
                     return
                 self.kill(ovs, record.port)
-                record.dead_at = time.time()
-                resumed = events.wait(host, _EVENT_RESUMED, _RESUMED_MIGRATED, since, timeout)  # type: ignore[attr-defined]
+                resumed = events.wait(host, EVENT_RESUMED, (RESUMED_MIGRATED, RESUMED_POSTCOPY), since, timeout)  # type: ignore[attr-defined]
                 if resumed is None:
                     record.errors.append("no RESUMED on the destination")
                     return

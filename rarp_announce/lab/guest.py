@@ -14,8 +14,9 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 from xml.sax.saxutils import escape
 
+from rarp_announce.resolve.addresses import METADATA_NS
+
 OVS_VLAN = 100
-ADDRESSES_NS = "urn:x-rarp-announce:addresses:1"  # resolve/addresses.py: the metadata operators write
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Guest:
             f"<ra:interface mac='{nic.mac}'>" + "".join(f"<ra:ip address='{ip}'/>" for ip in nic.addresses) + "</ra:interface>"
             for nic in self.nics if nic.addresses
         )
-        metadata = f"\n  <metadata><ra:addresses xmlns:ra='{ADDRESSES_NS}'>{declared}</ra:addresses></metadata>" if declared else ""
+        metadata = f"\n  <metadata><ra:addresses xmlns:ra='{METADATA_NS}'>{declared}</ra:addresses></metadata>" if declared else ""
         return f"""<domain type='{"kvm" if self.kvm else "qemu"}'>
   <name>{escape(self.name)}</name>
   <uuid>{self.uuid}</uuid>{metadata}

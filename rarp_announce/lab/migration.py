@@ -4,10 +4,7 @@ and the only thing a user cares about: whether traffic for the guest reaches the
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -143,22 +140,9 @@ class Migration:
         return self.switch_moved and self.reachable and not self.bad_frames and not self.stray and bool(self.frames)
 
 
-def linux_bridge_fdb(run: Callable[[list[str]], subprocess.CompletedProcess[str]], bridge: str) -> dict[str, str]:
-    """MAC -> port the Linux bridge has learned it on (`bridge -j fdb show br BR`, dynamic entries)."""
-    done = run(["bridge", "-j", "fdb", "show", "br", bridge])
-    learned: dict[str, str] = {}
-    for entry in json.loads(done.stdout or "[]"):
-        if entry.get("master") == bridge and "permanent" not in entry.get("state", "") and entry.get("mac"):
-            learned[entry["mac"].lower()] = entry.get("ifname", "")
-    return learned
-
-
-def summary(migrations: list[Migration]) -> dict[str, float | None]:
-    """Median and max of the lags, the schedule offsets and the time until traffic reached the guest."""
-    def stats(values: list[float]) -> tuple[float | None, float | None]:
-        return (statistics.median(values), max(values)) if values else (None, None)
-
-    series: dict[str, list[float | None]] = {
+def series(migrations: list[Migration]) -> dict[str, list[float]]:
+    """The samples of each figure over `migrations`, in migration order, missing ones left out."""
+    samples: dict[str, list[float | None]] = {
         "lag_resumed_ms": [m.lag_resumed_ms for m in migrations],
         "lag_qemu_ms": [m.lag_qemu_ms for m in migrations],
         "lag_qemu_host_ms": [m.lag_qemu_host_ms for m in migrations],
@@ -167,8 +151,12 @@ def summary(migrations: list[Migration]) -> dict[str, float | None]:
         "traffic_after_wiring_ms": [m.traffic_after_wiring_ms for m in migrations],
         "frame_after_wiring_ms": [m.frame_after_wiring_ms for m in migrations],
     }
+    return {name: [v for v in values if v is not None] for name, values in samples.items()}
+
+
+def summary(migrations: list[Migration]) -> dict[str, float | None]:
+    """Median and max of the lags, the schedule offsets and the time until traffic reached the guest."""
     out: dict[str, float | None] = {}
-    for name, values in series.items():
-        present = [v for v in values if v is not None]
-        out[f"{name}_median"], out[f"{name}_max"] = stats(present)
+    for name, values in series(migrations).items():
+        out[f"{name}_median"], out[f"{name}_max"] = (statistics.median(values), max(values)) if values else (None, None)
     return out

@@ -7,6 +7,7 @@ Every name carries this process's pid, so parallel or crashed runs never collide
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import socket
 import struct
@@ -112,8 +113,7 @@ class Topology:
 
     def learn(self, host: str, mac: str) -> None:
         """Make the switch learn `mac` behind `host`: one plain frame from host's uplink."""
-        frame = b"\xff" * 6 + bytes.fromhex(mac.replace(":", "")) + b"\x88\xb5" + bytes(46)
-        send_raw(self.ns[host], "uplink", frame)
+        send_raw(self.ns[host], "uplink", learning_frame(mac))
 
     def capture(self, host: str, device: str) -> "Capture":
         ns = self.switch if host == "switch" else self.ns[host]
@@ -134,6 +134,16 @@ class Topology:
         self.close()
 
 
+EXPERIMENTAL_ETHERTYPE = 0x88B5  # IEEE 802 local experimental: no stack on any host answers or learns from it
+
+
+def learning_frame(mac: str, vlan: int | None = None, to: str = "ff:ff:ff:ff:ff:ff") -> bytes:
+    """A minimum-size frame from `mac` to `to` (802.1Q-tagged when `vlan`) that a switch learns
+    `mac` from and nothing else acts on: not an announcement, so it cannot pass for one."""
+    tag = b"\x81\x00" + vlan.to_bytes(2, "big") if vlan else b""
+    return bytes.fromhex(to.replace(":", "") + mac.replace(":", "")) + tag + EXPERIMENTAL_ETHERTYPE.to_bytes(2, "big") + bytes(46)
+
+
 def send_raw(ns: str, device: str, frame: bytes) -> None:
     """Write one frame on `device` of netns `ns` (a test's own frame, not an announcement)."""
     with inside(ns):
@@ -141,6 +151,18 @@ def send_raw(ns: str, device: str, frame: bytes) -> None:
     with sock:
         sock.bind((device, 0))
         sock.send(frame)
+
+
+def bridge_fdb(ns: str, bridge: str) -> list[tuple[str, str]]:
+    """(port, MAC) of every MAC Linux bridge `bridge` in netns `ns` has learned, in the kernel's order."""
+    done = subprocess.run(["ip", "netns", "exec", ns, "bridge", "-j", "fdb", "show", "br", bridge],
+                          capture_output=True, text=True, timeout=10)
+    learned = []
+    for entry in json.loads(done.stdout or "[]"):
+        # Permanent entries are the ports' own addresses, not something the bridge learned.
+        if entry.get("master") == bridge and "permanent" not in entry.get("state", "") and entry.get("mac"):
+            learned.append((entry.get("ifname", ""), entry["mac"].lower()))
+    return learned
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0, interval: float = 0.05) -> bool:

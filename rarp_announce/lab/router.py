@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 def _ip(*argv: str) -> str:
@@ -33,7 +33,6 @@ class Router:
     ns: str
     device: str
     addresses: tuple[str, ...] = ("192.0.2.1/24", "2001:db8:1::1/64")
-    _ready: bool = field(default=False, init=False)
 
     def setup(self) -> Router:
         from rarp_announce.lab.netns import inside
@@ -59,7 +58,6 @@ class Router:
         from rarp_announce.lab.netns import wait_until
 
         wait_until(lambda: not _ip("-n", self.ns, "-6", "addr", "show", "dev", self.device, "tentative").strip(), 5.0, 0.02)
-        self._ready = True
         return self
 
     def neighbours(self) -> dict[str, tuple[str, str]]:

@@ -32,19 +32,18 @@ from typing import Any, Literal
 from rarp_announce.lab.agent import Wiring, WiringAgent
 from rarp_announce.lab.guest import Guest, Nic, make_guest
 from rarp_announce.lab.libvirtd import Libvirtd
-from rarp_announce.lab.migration import Migration, NicOutcome, linux_bridge_fdb
-from rarp_announce.lab.netns import wait_until
+from rarp_announce.lab.migration import Migration, NicOutcome
+from rarp_announce.lab.netns import bridge_fdb, wait_until
 from rarp_announce.lab.observe import Events, Sniffer, check_frame
 from rarp_announce.lab.procs import Proc
 from rarp_announce.lab.teardown import kill_pid
 from rarp_announce.lab.topology import CLIENT_DEVICE, HOSTS, HOST_UPLINK_OFPORT, LabTopology, make_workdir
 from rarp_announce.lab.traffic import ClientTraffic, Delivered
+from rarp_announce.virt.lifecycle import EVENT_RESUMED, RESUMED_MIGRATED, RESUMED_POSTCOPY
 
 Mode = Literal["daemon", "hook", "both", "cli", "none"]
 QemuRarp = Literal["drop", "keep"]
 MODES = ("daemon", "hook", "both", "cli", "none")
-_EVENT_RESUMED = 4
-_RESUMED_MIGRATED = (1, 3)  # RESUMED_MIGRATED, RESUMED_POSTCOPY
 _CLI = [sys.executable, "-m", "rarp_announce"]
 STATE_FILE = Path("/tmp/rarp-announce-lab.json")  # where `lab up` leaves what `lab migrate|down` need
 
@@ -110,8 +109,8 @@ class Lab:
         self.narrate(f"workdir {self.workdir}")
         self.topology = LabTopology(self.workdir, drop_qemu_rarp=self.qemu_rarp == "drop")
         self.narrate(
-            "network: a switch netns (VLAN-aware OVS) with a client behind it; hosts a and b, each with a "
-            "Linux bridge br0 and an OVS bridge ovsbr0 trunked to the switch; "
+            "network: a switch netns (a Linux bridge, tags carried through) with a client behind it; "
+            "hosts a and b, each with a Linux bridge br0 and an OVS bridge ovsbr0 trunked to the switch; "
             + ("QEMU's own RARPs dropped on br0" if self.qemu_rarp == "drop" else "QEMU's own RARPs let through")
             + f"; OVS ports wired {'late (dead VLAN 4095 first)' if self.wiring == 'late' else 'at once'}"
         )
@@ -267,8 +266,7 @@ class Lab:
             record.expected[nic.mac] = dst_ports[nic.bridge]
             # The switch holds every MAC on the source's port first, so a move is a real move.
             topo.teach(src, nic.mac, nic.vlan)
-        wait_until(lambda: all(topo.where(n.mac, n.switch_vlan) == topo.hosts[src].switch_ports[n.bridge]
-                               for n in self.guest.nics), 5.0)
+        wait_until(lambda: all(topo.where(n.mac) == topo.hosts[src].switch_ports[n.bridge] for n in self.guest.nics), 5.0)
         record.fdb_before = self._guest_fdb()
         topo.router.forget()  # what it knows after the migration it learned from the destination
         self.narrate(f"migration {record.number}: host {src} -> host {dst} (live, precopy)")
@@ -287,7 +285,7 @@ class Lab:
 
         mover = threading.Thread(target=run, name="migrate", daemon=True)
         mover.start()
-        record.resumed = self.events.wait(dst, _EVENT_RESUMED, _RESUMED_MIGRATED, record.started, timeout)
+        record.resumed = self.events.wait(dst, EVENT_RESUMED, (RESUMED_MIGRATED, RESUMED_POSTCOPY), record.started, timeout)
         if self.mode == "cli" and record.resumed is not None:
             self._announce_by_cli(dst)
         mover.join(timeout)
@@ -299,10 +297,10 @@ class Lab:
         # Our schedule lasts 0.8 s from the resume (or from the late wiring): let the switch
         # settle, bounded, then look.
         ready_at = max(record.resumed or time.time(), record.wired or 0.0)
-        wait_until(lambda: all(topo.where(m, v) == p for m, v, p in self._expected(record)),
+        wait_until(lambda: all(topo.where(mac) == port for mac, port in record.expected.items()),
                    max(0.0, ready_at + max(settle, 5.0) - time.time()))
         time.sleep(max(0.0, ready_at + settle - time.time()))
-        record.moved = {n.mac: topo.where(n.mac, n.switch_vlan) for n in self.guest.nics}
+        record.moved = {n.mac: topo.where(n.mac) for n in self.guest.nics}
         # The router sees untagged traffic only (no VLAN interfaces here): the br0 vNIC's addresses.
         wait_until(lambda: all(topo.router.learned(ip, n.mac) for n in self.guest.nics if not n.vlan for ip in n.addresses),
                    2.0)
@@ -312,9 +310,6 @@ class Lab:
         self._collect(record)
         self.migrations.append(record)
         return record
-
-    def _expected(self, record: Migration) -> list[tuple[str, int, str]]:
-        return [(n.mac, n.switch_vlan, record.expected[n.mac]) for n in self.guest.nics]
 
     def _collect(self, record: Migration) -> None:
         assert self.topology is not None and self.switch_sniffer is not None
@@ -338,7 +333,7 @@ class Lab:
         record.qemu_frames = len(theirs)
         record.sent_first = min((s.time for s in host_seen if s.mac in vlans and s.sent), default=None)
         taps = self._taps(record.destination)
-        on_br0 = linux_bridge_fdb(dst.run, "br0")
+        on_br0 = {mac: port for port, mac in bridge_fdb(dst.netns, "br0")}
         on_ovs = {mac: (port, vlan) for port, vlan, mac in dst.ovs.fdb("ovsbr0")}
         for nic in self.guest.nics:
             outcome = NicOutcome(nic.mac, nic.bridge, taps.get(nic.mac))

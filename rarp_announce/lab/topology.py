@@ -1,4 +1,4 @@
-"""The lab's network: a VLAN-aware 'physical switch' and two hypervisor hosts, each a netns.
+"""The lab's network: a 'physical switch' (a Linux bridge) and two hypervisor hosts, each a netns.
 
     switch netns: Linux bridge `sw`, ports a-br, a-ovs, b-br, b-ovs and `cl` to the client
     client netns: `client`, a machine behind the switch that sends traffic to the guest
@@ -27,17 +27,15 @@ hide the few milliseconds this lab measures.
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import tempfile
-import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyroute2 import NetNS, netns
 
-from rarp_announce.lab.netns import inside, unique
+from rarp_announce.lab.netns import bridge_fdb, learning_frame, send_raw, unique
 from rarp_announce.lab.ovs import PrivateOVS
 from rarp_announce.lab.router import Router
 
@@ -196,16 +194,11 @@ class LabTopology:
 
     def fdb(self) -> list[tuple[str, str]]:
         """The switch's learned MACs as (port, MAC)."""
-        done = subprocess.run(["ip", "netns", "exec", self.switch_ns, "bridge", "-j", "fdb", "show", "br", SWITCH_BRIDGE],
-                              capture_output=True, text=True, timeout=10)
-        entries = []
-        for entry in json.loads(done.stdout or "[]"):
-            if entry.get("ifname") in SWITCH_PORTS and "permanent" not in entry.get("state", ""):
-                entries.append((entry["ifname"], entry["mac"].lower()))
-        return entries
+        return [(port, mac) for port, mac in bridge_fdb(self.switch_ns, SWITCH_BRIDGE) if port in SWITCH_PORTS]
 
     def where(self, mac: str, vlan: int | None = None) -> str | None:
-        """Switch port on which `mac` is learned, or None (`vlan`: tags are checked on the frames)."""
+        """Switch port on which `mac` is learned, or None. `vlan` changes nothing: the switch is not
+        VLAN-aware, so tags are checked on the frames instead."""
         return next((port for port, learned in self.fdb() if learned == mac.lower()), None)
 
     def teach(self, host: str, mac: str, vlan: int | None) -> None:
@@ -214,16 +207,7 @@ class LabTopology:
         Before each migration the MAC is put on the source's port this way, so a move to the
         destination's port can only come from an announcement.
         """
-        uplink = "uplink1" if vlan else "uplink0"
-        tag = b"\x81\x00" + vlan.to_bytes(2, "big") if vlan else b""
-        frame = b"\xff" * 6 + bytes.fromhex(mac.replace(":", "")) + tag + b"\x88\xb5" + bytes(46)
-        with inside(self.hosts[host].netns):
-            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
-        try:
-            sock.bind((uplink, 0))
-            sock.send(frame)
-        finally:
-            sock.close()
+        send_raw(self.hosts[host].netns, "uplink1" if vlan else "uplink0", learning_frame(mac, vlan))
 
     def nft_drops(self, host: str) -> int:
         """How many QEMU RARPs the nft rule on `host`'s br0 has dropped so far."""

@@ -14,10 +14,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from rarp_announce.lab.netns import ethertype_of, inside
+from rarp_announce.lab.netns import EXPERIMENTAL_ETHERTYPE, ethertype_of, inside
 from rarp_announce.lab.observe import Watch
 
-ETHERTYPE = 0x88B5  # IEEE 802 local experimental: no stack on any host answers or learns from it
 CLIENT_MAC = bytes.fromhex("02c11e000001")
 _PAYLOAD = struct.Struct("!8sQd")  # marker, sequence, send time (wall clock)
 _MARKER = b"rarp-lab"
@@ -27,7 +26,7 @@ def client_frame(mac: str, vlan: int | None, sequence: int) -> bytes:
     tag = b"\x81\x00" + vlan.to_bytes(2, "big") if vlan else b""
     payload = _PAYLOAD.pack(_MARKER, sequence, time.time())
     body = payload + bytes(46 - len(payload))
-    return bytes.fromhex(mac.replace(":", "")) + CLIENT_MAC + tag + ETHERTYPE.to_bytes(2, "big") + body
+    return bytes.fromhex(mac.replace(":", "")) + CLIENT_MAC + tag + EXPERIMENTAL_ETHERTYPE.to_bytes(2, "big") + body
 
 
 class ClientTraffic:
@@ -36,7 +35,6 @@ class ClientTraffic:
     def __init__(self, ns: str, device: str, targets: list[tuple[str, int | None]], interval: float = 0.001) -> None:
         self.targets = targets
         self.interval = interval
-        self.sent = 0
         self._stop = threading.Event()
         with inside(ns):
             self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
@@ -51,7 +49,6 @@ class ClientTraffic:
             for mac, vlan in self.targets:
                 try:
                     self._sock.send(client_frame(mac, vlan, sequence))
-                    self.sent += 1
                 except OSError:
                     pass  # a full queue drops a frame; the next one is a millisecond away
             sequence += 1
@@ -86,12 +83,9 @@ class Delivered(Watch[Arrived]):
         # OUTGOING on a tap is the host writing to the guest.
         if not outgoing or not device.startswith(self.prefix):
             return None
-        if ethertype_of(frame) != ETHERTYPE or frame[6:12] != CLIENT_MAC:
+        if ethertype_of(frame) != EXPERIMENTAL_ETHERTYPE or frame[6:12] != CLIENT_MAC:
             return None
         return Arrived(stamp, device, frame[:6].hex(":"))
 
     def first(self, mac: str, since: float) -> Arrived | None:
         return next((a for a in self.items() if a.mac == mac and a.time >= since), None)
-
-    def count(self, mac: str, since: float, until: float | None = None) -> int:
-        return sum(1 for a in self.items() if a.mac == mac and a.time >= since and (until is None or a.time <= until))

@@ -49,9 +49,10 @@ from typing import Any, TypeVar, cast
 from rarp_announce.announce.schedule import Schedule
 from rarp_announce.config import ADDRESS_SOURCES, MAX_ADDRESSES_PER_MAC, AddressesConfig
 from rarp_announce.errors import InputError
-from rarp_announce.ipaddr import ip_problem, parse_ip
+from rarp_announce.ipaddr import check_ip
 from rarp_announce.mac import normalize_mac
 from rarp_announce.model import Address, AddressSource
+from rarp_announce.names import one_line, quoted
 
 METADATA_NS = "urn:x-rarp-announce:addresses:1"
 MAX_PER_MAC = MAX_ADDRESSES_PER_MAC  # every address costs a GARP or NA per round
@@ -80,62 +81,55 @@ def metadata_addresses(root: ET.Element) -> tuple[dict[str, list[str]], list[str
     """
     reasons = _Reasons("metadata")
     found: dict[str, list[str]] = {}
-    total = 0
-    entries = 0
+    entries = _Limit(reasons, MAX_ENTRIES, "elements")
+    total = _Limit(reasons, MAX_TOTAL, "addresses in all")
     cut_macs: set[str] = set()
-    for block in _our_blocks(root):
-        for interface in block:
-            entries += 1
-            if entries > MAX_ENTRIES:
-                reasons.add(f"more than {MAX_ENTRIES} elements: the rest is ignored", final=True)
-                return _without_empty(found), reasons.lines()
-            name = _local_name(interface.tag)
-            if name is None:
-                continue
-            if name != "interface":
-                reasons.add(f"unknown element <{_quoted(name)}> in <addresses>: expected <interface mac=...>")
-                continue
-            mac_text = interface.get("mac")
-            if mac_text is None:
-                reasons.add("<interface> without a mac attribute: skipped")
-                continue
-            mac, problem = _mac(mac_text)
-            if mac is None:
-                reasons.add(f"<interface mac=...> skipped: {problem}")
-                continue
-            addresses = found.setdefault(mac, [])
-            for element in interface:
-                entries += 1
-                if entries > MAX_ENTRIES:
-                    reasons.add(f"more than {MAX_ENTRIES} elements: the rest is ignored", final=True)
-                    return _without_empty(found), reasons.lines()
-                name = _local_name(element.tag)
+    try:
+        for block in _our_blocks(root):
+            for interface in block:
+                entries.take()
+                name = _local_name(interface.tag)
                 if name is None:
                     continue
-                if name != "ip":
-                    reasons.add(f"interface {mac}: unknown element <{_quoted(name)}>: expected <ip address=...>")
+                if name != "interface":
+                    reasons.add(f"unknown element <{quoted(name)}> in <addresses>: expected <interface mac=...>")
                     continue
-                if len(addresses) >= MAX_PER_MAC:
-                    if mac not in cut_macs:
-                        cut_macs.add(mac)
-                        reasons.add(f"interface {mac}: more than {MAX_PER_MAC} addresses: the rest is ignored")
-                    break
-                text = element.get("address")
-                if text is None:
-                    reasons.add(f"interface {mac}: <ip> without an address attribute: skipped")
+                mac_text = interface.get("mac")
+                if mac_text is None:
+                    reasons.add("<interface> without a mac attribute: skipped")
                     continue
-                problem = ip_problem(text)
-                if problem is not None:
-                    reasons.add(f"interface {mac}: {problem}: skipped")
+                mac, problem = _mac(mac_text)
+                if mac is None:
+                    reasons.add(f"<interface mac=...> skipped: {problem}")
                     continue
-                ip = parse_ip(text)
-                if ip in addresses:
-                    continue
-                if total >= MAX_TOTAL:
-                    reasons.add(f"more than {MAX_TOTAL} addresses in all: the rest is ignored", final=True)
-                    return _without_empty(found), reasons.lines()
-                addresses.append(ip)
-                total += 1
+                addresses = found.setdefault(mac, [])
+                for element in interface:
+                    entries.take()
+                    name = _local_name(element.tag)
+                    if name is None:
+                        continue
+                    if name != "ip":
+                        reasons.add(f"interface {mac}: unknown element <{quoted(name)}>: expected <ip address=...>")
+                        continue
+                    if len(addresses) >= MAX_PER_MAC:
+                        if mac not in cut_macs:
+                            cut_macs.add(mac)
+                            reasons.add(f"interface {mac}: more than {MAX_PER_MAC} addresses: the rest is ignored")
+                        break
+                    text = element.get("address")
+                    if text is None:
+                        reasons.add(f"interface {mac}: <ip> without an address attribute: skipped")
+                        continue
+                    ip, problem = check_ip(text)
+                    if ip is None:
+                        reasons.add(f"interface {mac}: {problem}: skipped")
+                        continue
+                    if ip in addresses:
+                        continue
+                    total.take()
+                    addresses.append(ip)
+    except _Cut:
+        pass
     return _without_empty(found), reasons.lines()
 
 
@@ -223,7 +217,7 @@ async def libvirt_addresses(
             if source not in asked:
                 asked.append(cast(AddressSource, source))
         elif source not in ADDRESS_SOURCES:
-            reasons.append(f"{_quoted(source)}: not an address source (expected one of {', '.join(ADDRESS_SOURCES)})")
+            reasons.append(f"{quoted(source)}: not an address source (expected one of {', '.join(ADDRESS_SOURCES)})")
     # One source after the other, never two calls on one domain at once: libvirt 9.0's test
     # driver crashed (SIGSEGV) on concurrent virDomainInterfaceAddresses of one domain.
     answers = [await _ask_libvirt(dom, source, timeout) for source in asked]
@@ -296,15 +290,15 @@ def _mac(text: str) -> tuple[str | None, str | None]:
     """(normalized MAC, None) or (None, why not); mac.py quotes its input whole, so a long one
     is refused here before it can make a long line."""
     if len(text) > _QUOTE_MAX:
-        return None, f"invalid MAC {_quoted(text)}: too long for a MAC"
+        return None, f"invalid MAC {quoted(text, _QUOTE_MAX)}: too long for a MAC"
     try:
         return normalize_mac(text), None
     except InputError as exc:
         return None, str(exc)
 
 
-def _without_empty(found: dict[str, list[str]]) -> dict[str, list[str]]:
-    return {mac: ips for mac, ips in found.items() if ips}
+def _without_empty(found: dict[str, list[_T]]) -> dict[str, list[_T]]:
+    return {mac: items for mac, items in found.items() if items}
 
 
 async def _ask_libvirt(dom: Any, source: AddressSource, timeout: float) -> tuple[dict[str, list[Address]], list[str]]:
@@ -321,63 +315,54 @@ def _read_reply(source: AddressSource, reply: Any) -> tuple[dict[str, list[Addre
     if not isinstance(reply, dict):
         return {}, [f"{source}: libvirt answered {type(reply).__name__}, not a table of interfaces"]
     found: dict[str, list[Address]] = {}
-    total = 0
-    entries = 0
-    for name, entry in reply.items():
-        entries += 1
-        if entries > MAX_ENTRIES:
-            reasons.add(f"more than {MAX_ENTRIES} entries: the rest is ignored", final=True)
-            return _no_empty(found), reasons.lines()
-        label = _quoted(str(name))
-        if not isinstance(entry, dict):
-            reasons.add(f"interface {label}: unexpected entry {type(entry).__name__}: skipped")
-            continue
-        hwaddr = entry.get("hwaddr")
-        if not hwaddr or (isinstance(hwaddr, str) and hwaddr.strip() in ("00:00:00:00:00:00", "")):
-            # The agent lists the guest's loopback (hwaddr all zeros, 127.0.0.1, ::1), and
-            # devices without a MAC: not vNICs, nothing to announce and nothing to report.
-            continue
-        if not isinstance(hwaddr, str):
-            reasons.add(f"interface {label}: unusable hwaddr {_quoted(str(hwaddr))}: skipped")
-            continue
-        mac, problem = _mac(hwaddr)
-        if mac is None:
-            reasons.add(f"interface {label}: {problem}: skipped")
-            continue
-        addresses = found.setdefault(mac, [])
-        addrs = entry.get("addrs") or []
-        if not isinstance(addrs, list):
-            reasons.add(f"interface {label}: unexpected addrs {type(addrs).__name__}: skipped")
-            continue
-        for item in addrs:
-            entries += 1
-            if entries > MAX_ENTRIES:
-                reasons.add(f"more than {MAX_ENTRIES} entries: the rest is ignored", final=True)
-                return _no_empty(found), reasons.lines()
-            text = item.get("addr") if isinstance(item, dict) else None
-            if not isinstance(text, str):
-                reasons.add(f"interface {mac}: an entry without an address: skipped")
+    entries = _Limit(reasons, MAX_ENTRIES, "entries")
+    total = _Limit(reasons, MAX_TOTAL, "addresses in all")
+    try:
+        for name, entry in reply.items():
+            entries.take()
+            label = quoted(str(name))
+            if not isinstance(entry, dict):
+                reasons.add(f"interface {label}: unexpected entry {type(entry).__name__}: skipped")
                 continue
-            problem = ip_problem(text)
-            if problem is not None:
-                reasons.add(f"interface {mac}: {problem}: skipped")
+            hwaddr = entry.get("hwaddr")
+            if not hwaddr or (isinstance(hwaddr, str) and hwaddr.strip() in ("00:00:00:00:00:00", "")):
+                # The agent lists the guest's loopback (hwaddr all zeros, 127.0.0.1, ::1), and
+                # devices without a MAC: not vNICs, nothing to announce and nothing to report.
                 continue
-            ip = parse_ip(text)
-            if any(address.ip == ip for address in addresses):
+            if not isinstance(hwaddr, str):
+                reasons.add(f"interface {label}: unusable hwaddr {quoted(str(hwaddr))}: skipped")
                 continue
-            if total >= MAX_TOTAL:
-                reasons.add(f"more than {MAX_TOTAL} addresses in all: the rest is ignored", final=True)
-                return _no_empty(found), reasons.lines()
-            if len(addresses) >= MAX_PER_MAC:
-                reasons.add(f"interface {mac}: more than {MAX_PER_MAC} addresses: the rest is ignored")
-                break
-            addresses.append(Address(ip, source))
-            total += 1
-    return _no_empty(found), reasons.lines()
-
-
-def _no_empty(found: dict[str, list[Address]]) -> dict[str, list[Address]]:
-    return {mac: addresses for mac, addresses in found.items() if addresses}
+            mac, problem = _mac(hwaddr)
+            if mac is None:
+                reasons.add(f"interface {label}: {problem}: skipped")
+                continue
+            addresses = found.setdefault(mac, [])
+            addrs = entry.get("addrs") or []
+            if not isinstance(addrs, list):
+                reasons.add(f"interface {label}: unexpected addrs {type(addrs).__name__}: skipped")
+                continue
+            for item in addrs:
+                entries.take()
+                text = item.get("addr") if isinstance(item, dict) else None
+                if not isinstance(text, str):
+                    reasons.add(f"interface {mac}: an entry without an address: skipped")
+                    continue
+                ip, problem = check_ip(text)
+                if ip is None:
+                    reasons.add(f"interface {mac}: {problem}: skipped")
+                    continue
+                if any(address.ip == ip for address in addresses):
+                    continue
+                # The bound in all before this MAC's own; an address counts once it is kept.
+                total.check()
+                if len(addresses) >= MAX_PER_MAC:
+                    reasons.add(f"interface {mac}: more than {MAX_PER_MAC} addresses: the rest is ignored")
+                    break
+                addresses.append(Address(ip, source))
+                total.count += 1
+    except _Cut:
+        pass
+    return _without_empty(found), reasons.lines()
 
 
 def _monitor_command(dom: Any, command: str) -> Any:
@@ -397,14 +382,14 @@ def _qmp_problem(reply: Any) -> str | None:
     except ValueError:
         parsed = None
     if not isinstance(parsed, dict):
-        return f"announce-self: QEMU's reply is not QMP: {_quoted(str(reply))}"
+        return f"announce-self: QEMU's reply is not QMP: {quoted(str(reply))}"
     if "return" in parsed:
         return None
     error = parsed.get("error")
     if isinstance(error, dict):
-        desc = _one_line(str(error.get("desc", "")))[:200] or "no description"
-        return f"announce-self: QEMU refused it: {_one_line(str(error.get('class', 'error')))[:40]}: {desc}"
-    return f"announce-self: QEMU's reply has neither return nor error: {_quoted(str(reply))}"
+        desc = one_line(str(error.get("desc", "")))[:200] or "no description"
+        return f"announce-self: QEMU refused it: {one_line(str(error.get('class', 'error')))[:40]}: {desc}"
+    return f"announce-self: QEMU's reply has neither return nor error: {quoted(str(reply))}"
 
 
 async def _off_loop(call: Callable[[], _T], timeout: float) -> tuple[_T | None, str | None]:
@@ -426,7 +411,7 @@ def _error_text(exc: BaseException) -> str:
     """A libvirt error (or any other) as one bounded line."""
     getter = getattr(exc, "get_error_message", None)
     text = (getter() if callable(getter) else None) or str(exc) or type(exc).__name__
-    return _one_line(str(text))[:300]
+    return one_line(str(text))[:300]
 
 
 class _DaemonThreads(concurrent.futures.Executor):
@@ -483,7 +468,7 @@ class _Reasons:
         self._final: str | None = None
 
     def add(self, text: str, *, final: bool = False) -> None:
-        line = f"{self._source}: {_one_line(text)}"
+        line = f"{self._source}: {one_line(text)}"
         if final:
             self._final = line  # a cut is always said, however many lines came before
         elif len(self._lines) < MAX_REASONS:
@@ -500,12 +485,26 @@ class _Reasons:
         return lines
 
 
-def _quoted(text: str) -> str:
-    """``text`` quoted for a one-line message, shortened so bogus input cannot flood it."""
-    if len(text) > _QUOTE_MAX:
-        text = text[: _QUOTE_MAX - 3] + "..."
-    return repr(text)
+class _Cut(Exception):
+    """Internal: a bound of one source was hit and said as its final reason; the rest is ignored."""
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+class _Limit:
+    """One bound of one source: at most `limit` of what it counts, then a final reason and _Cut."""
+
+    def __init__(self, reasons: _Reasons, limit: int, what: str) -> None:
+        self._reasons = reasons
+        self._limit = limit
+        self._what = what
+        self.count = 0
+
+    def check(self) -> None:
+        """_Cut when `limit` are already counted."""
+        if self.count >= self._limit:
+            self._reasons.add(f"more than {self._limit} {self._what}: the rest is ignored", final=True)
+            raise _Cut
+
+    def take(self) -> None:
+        """Count one more, or _Cut when there is no room for it."""
+        self.check()
+        self.count += 1

@@ -11,6 +11,7 @@ import re
 import xml.etree.ElementTree as ET
 
 from rarp_announce.errors import InputError
+from rarp_announce.names import one_line
 
 MAX_XML_BYTES = 4 * 1024 * 1024
 _SLICE = 64 * 1024  # characters fed to the parser at once; see _parse_in_slices
@@ -46,9 +47,9 @@ def parse_domain(xml: str | bytes) -> ET.Element:
     try:
         root = _parse_in_slices(text)
     except ET.ParseError as exc:
-        raise InputError(f"malformed domain XML: {_one_line(str(exc))}") from None
+        raise InputError(f"malformed domain XML: {one_line(str(exc))}") from None
     except (ValueError, RecursionError) as exc:
-        raise InputError(f"malformed domain XML: {_one_line(str(exc)) or type(exc).__name__}") from None
+        raise InputError(f"malformed domain XML: {one_line(str(exc)) or type(exc).__name__}") from None
     if root.tag != "domain":
         raise InputError(f"not a libvirt domain XML: the root element is <{_shown(root.tag)}>, expected <domain>")
     return root
@@ -67,7 +68,3 @@ def _parse_in_slices(text: str) -> ET.Element:
 
 def _shown(text: str) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

@@ -32,12 +32,23 @@ OpenFlowPort = Callable[[str, str], Awaitable["int | None"]]
 _INLINE_XML = 64 * 1024  # a domain XML is ~10 KB; bigger ones are resolved off the loop
 _REMEMBERED = 1024  # domains whose libvirt-reported addresses are kept
 _UUID = re.compile(rb"<uuid>\s*([0-9a-fA-F-]{32,36})\s*</uuid>")
+_UUID_SPAN = 65536  # bytes searched: <uuid> comes right after <name>, near the top
 
 
 def _uuid_of(xml: str | bytes) -> str | None:
-    data = xml.encode() if isinstance(xml, str) else xml
-    match = _UUID.search(data[:65536])
+    # A character is at least one byte: the first _UUID_SPAN characters hold the first
+    # _UUID_SPAN bytes, without encoding a document of megabytes.
+    data = xml[:_UUID_SPAN].encode() if isinstance(xml, str) else xml
+    match = _UUID.search(data[:_UUID_SPAN])
     return canonical_uuid(match.group(1).decode()) if match else None
+
+
+def sink_port_lookup(sink: object) -> OpenFlowPort | None:
+    """Port numbers asked on the sink's own OpenFlow connections (a wire sink); None for a sink
+    without any (pcap, dry run)."""
+    from rarp_announce.transport.wire import WireSink
+
+    return sink.openflow.port_number if isinstance(sink, WireSink) else None
 
 
 class HostResolver:
@@ -67,6 +78,18 @@ class HostResolver:
         self._openflow_port = openflow_port
         self._devices = hostnet.SharedCheck()
 
+    def follow_ovs(self, on_change: Callable[[], None]) -> OvsdbView | None:
+        """A live OVSDB replica for this resolver, not started yet, that calls `on_change` on every
+        change (the arrival table's `ovs_changed`); None when the config says never to read it."""
+        remote = self._config().ovs.remote()
+        if remote is None:
+            return None
+        from rarp_announce.resolve.ovsdb import OvsdbView
+
+        view = OvsdbView(remote, on_change=on_change)
+        self.ovs = view
+        return view
+
     def live_xml(self, uuid: str) -> str | None:
         """The domain's live XML now, or None when libvirt is not reachable or the domain is gone."""
         import libvirt
@@ -89,29 +112,28 @@ class HostResolver:
             from rarp_announce.virt.connection import network_bridge_lookup
 
             network_bridge = network_bridge_lookup(conn)
-        config = self._config()
+        run = functools.partial(resolve_xml, xml, self._config(), network_bridge=network_bridge, ovs_down=down,
+                                ovs_pending=pending, found_addresses=found)
         if len(xml) <= _INLINE_XML:
-            resolution = resolve_xml(xml, config, network_bridge=network_bridge, ovs=lookup, ovs_down=down,
-                                     ovs_pending=pending, found_addresses=found)
+            resolution = run(ovs=lookup)
         else:
             # A document of megabytes takes a parse of up to a second: aside, so every schedule
             # and request on the loop goes on. The live replica is read through a fixed snapshot
             # (the loop keeps updating the replica meanwhile).
             snapshot = getattr(lookup, "snapshot", None)
             fixed = snapshot() if callable(snapshot) else lookup
-            resolution = await asyncio.get_running_loop().run_in_executor(None, functools.partial(
-                resolve_xml, xml, config, network_bridge=network_bridge, ovs=fixed, ovs_down=down, ovs_pending=pending,
-                found_addresses=found))
+            resolution = await asyncio.get_running_loop().run_in_executor(None, functools.partial(run, ovs=fixed))
         resolution.notes.extend(f"address not announced: {reason}" for reason in reasons)
         await self._fill_ofports(resolution)
         return resolution
 
     async def guest_announce(self, uuid: str) -> str | None:
-        """QEMU's announce-self for the domain, when the config asks for it: None when done or
-        not asked, else why not (see resolve.addresses.guest_announce)."""
+        """QEMU's announce-self for the domain: None when done or without libvirt, else why not
+        (see resolve.addresses.guest_announce). Whether the config asks for it is the caller's
+        to check (announce.arrivals)."""
         config = self._config()
         conn = self._connection()
-        if not config.addresses.guest_announce or conn is None:
+        if conn is None:
             return None
         import libvirt
 
@@ -191,9 +213,10 @@ class HostResolver:
                 else:
                     if number is not None:
                         found[key] = number
+        missing_ids = {id(t) for t in missing}
         replaced = []
         for target in resolution.targets:
-            if target in missing:
+            if id(target) in missing_ids:
                 assert target.ovs is not None
                 answer = found[(target.ovs.bridge, target.ovs.name)]
                 if isinstance(answer, str):

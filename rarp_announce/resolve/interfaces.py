@@ -25,7 +25,7 @@ from rarp_announce.config import Config
 from rarp_announce.errors import InputError
 from rarp_announce.mac import normalize_mac
 from rarp_announce.model import Address, Kind, OvsPort, Resolution, Skipped, Target, VlanSource
-from rarp_announce.names import valid_ifname
+from rarp_announce.names import one_line, shown, valid_ifname
 from rarp_announce.resolve import hostnet
 from rarp_announce.resolve.addresses import declared_addresses, merge
 from rarp_announce.resolve.domxml import parse_domain
@@ -181,49 +181,49 @@ def _interface_targets(element: ET.Element, mac: str, label: str, context: _Cont
     elif kind == "ethernet":
         device = _ethernet_uplink(element, config)
     else:
-        raise _Skip(f"unknown interface type {_shown(kind)!r}: no rule says where its frames would go")
+        raise _Skip(f"unknown interface type {shown(kind)!r}: no rule says where its frames would go")
     on_ovs = kind in ("bridge", "network") and (
         _is_openvswitch(element) or (context.ovs is not None and context.ovs.is_bridge(device))
     )
+    info = context.ovs.find_port(name=_target_dev(element), mac=mac) if on_ovs and context.ovs is not None else None
     if on_ovs and device not in config.uplinks:
-        info = context.ovs.find_port(name=_target_dev(element), mac=mac) if context.ovs is not None else None
-        return _ovs_targets(element, mac, label, device, "openvswitch", context, info)
+        return _ovs_targets(element, xml_vlans, mac, label, device, "openvswitch", context, info)
     if kind != "ethernet":
         device = config.uplinks.get(device, device)
     _check_device(device, context.taps)
     if on_ovs:
         # An [uplinks] entry for an OVS bridge: the frame leaves on that uplink, carrying on the
         # wire the VLAN the port lives in.
-        info = context.ovs.find_port(name=_target_dev(element), mac=mac) if context.ovs is not None else None
-        plan = _ovs_plan(element, mac, info, context)
+        wired = info is not None and wiring_problem(info) is None
+        plan = _ovs_plan(xml_vlans, mac, info, context, wired=wired)
         return [Target(mac, device, vlan, "openvswitch", label, vlan_source=source) for vlan, _tagged, source in plan]
     shown_kind: Kind = kind  # type: ignore[assignment]  # one of the types handled above
     return [Target(mac, device, vlan, shown_kind, label) for vlan in _vlans(xml_vlans)]
 
 
 def _ovs_targets(
-    element: ET.Element, mac: str, label: str, bridge: str, kind: Kind, context: _Context, info: PortInfo | None
+    element: ET.Element, xml_vlan: ET.Element | None, mac: str, label: str, bridge: str, kind: Kind,
+    context: _Context, info: PortInfo | None,
 ) -> list[Target]:
     """Targets injected through the guest's own OVS port, one per VLAN it lives in."""
     if info is None:
         port_name = _target_dev(element) or ""
-        if context.ovs_pending:
+        if context.ovs_pending or context.ovs is not None:
+            # Its answer is coming, or the port is not plugged yet (os-vif plugs late): a
+            # placeholder that waits for the port.
             target = Target(mac, bridge, None, kind, label, ovs=OvsPort(bridge, port_name, None), tagged=False)
-            context.resolution.problems[target.route] = "not wired yet: waiting for the Open vSwitch database's first answer"
-            return [target]
-        if context.ovs is not None:
-            # Not plugged yet (os-vif plugs late): a placeholder that waits for the port.
-            target = Target(mac, bridge, None, kind, label, ovs=OvsPort(bridge, port_name, None), tagged=False)
-            looked = f"name {port_name} or " if port_name else ""
-            context.resolution.problems[target.route] = (
-                f"not wired yet: no port on OVS bridge {bridge} for this vNIC (looked up by {looked}attached-mac {mac})"
-            )
+            if context.ovs_pending:
+                why = "waiting for the Open vSwitch database's first answer"
+            else:
+                looked = f"name {port_name} or " if port_name else ""
+                why = f"no port on OVS bridge {bridge} for this vNIC (looked up by {looked}attached-mac {mac})"
+            context.resolution.problems[target.route] = f"not wired yet: {why}"
             return [target]
         if not port_name:
             raise _Skip(f"OVS bridge {bridge}: no <target dev> names the guest's port and the OVS database was not read")
         port = OvsPort(bridge, port_name, None)  # the caller finds its ofport over OpenFlow
         return [Target(mac, bridge, vlan, kind, label, ovs=port, tagged=tagged, vlan_source=source)
-                for vlan, tagged, source in _ovs_plan(element, mac, None, context)]
+                for vlan, tagged, source in _ovs_plan(xml_vlan, mac, None, context, wired=False)]
     port = OvsPort(info.bridge, info.interface, info.ofport if info.ofport is not None and info.ofport > 0 else None)
     problem = wiring_problem(info)
     if problem is None and context.ovs is not None and context.ovs.applying:
@@ -237,18 +237,18 @@ def _ovs_targets(
         context.resolution.problems[target.route] = f"not wired yet: {problem}"
         return [target]
     return [Target(mac, info.bridge, vlan, kind, label, ovs=port, tagged=tagged, vlan_source=source)
-            for vlan, tagged, source in _ovs_plan(element, mac, info, context)]
+            for vlan, tagged, source in _ovs_plan(xml_vlan, mac, info, context, wired=True)]
 
 
 def _ovs_plan(
-    element: ET.Element, mac: str, info: PortInfo | None, context: _Context
+    xml_vlan: ET.Element | None, mac: str, info: PortInfo | None, context: _Context, *, wired: bool
 ) -> list[tuple[int | None, bool, VlanSource]]:
-    """The VLANs the guest's MAC lives in on its OVS port: OVSDB's when read, else the XML's."""
-    xml_vlan = _first(element, "vlan")
+    """The VLANs the guest's MAC lives in on its OVS port: OVSDB's when read, else the XML's
+    (`xml_vlan`). Only a `wired` port's VLANs are compared with the XML's."""
     if info is None:
         return [(vlan, tagged, "xml") for vlan, tagged in _xml_ovs_plan(xml_vlan)]
     plan = vlan_plan(info)
-    if xml_vlan is not None and wiring_problem(info) is None:
+    if xml_vlan is not None and wired:
         ours = sorted(v for v, _t in plan if v is not None)
         theirs = sorted(v for v, _t in _xml_ovs_plan(xml_vlan) if v is not None)
         if ours != theirs:
@@ -292,8 +292,8 @@ def _vhostuser_targets(element: ET.Element, effective: ET.Element, mac: str, lab
         raise _Skip(f"vhost-user: its OVS port is found in the Open vSwitch database, which was not read{why}")
     info = context.ovs.find_port(name=_target_dev(element), mac=mac, socket_path=path)
     if info is None:
-        raise _Skip(f"vhost-user socket {_shown(path)!r}: no OVS port serves it (not OVS-DPDK, or not plugged yet)")
-    return _ovs_targets(element, mac, label, info.bridge, "vhostuser", context, info)
+        raise _Skip(f"vhost-user socket {shown(path)!r}: no OVS port serves it (not OVS-DPDK, or not plugged yet)")
+    return _ovs_targets(element, _first(element, "vlan"), mac, label, info.bridge, "vhostuser", context, info)
 
 
 def _check_device(device: str, taps: set[str]) -> None:
@@ -303,7 +303,7 @@ def _check_device(device: str, taps: set[str]) -> None:
             "not the switch"
         )
     if not valid_ifname(device):
-        raise _Skip(f"resolved device {_shown(device)!r} is not a valid network device name")
+        raise _Skip(f"resolved device {shown(device)!r} is not a valid network device name")
 
 
 def _network_device(effective: ET.Element, network_bridge: NetworkBridge | None) -> str:
@@ -316,13 +316,13 @@ def _network_device(effective: ET.Element, network_bridge: NetworkBridge | None)
         raise _Skip("type network without <source network='...'/>")
     if network_bridge is None:
         raise _Skip(
-            f"network {_shown(network)!r}: the XML names no bridge and libvirt was not asked "
+            f"network {shown(network)!r}: the XML names no bridge and libvirt was not asked "
             "(resolve the running domain with --domain)"
         )
     found = network_bridge(network)
     if not found:
         raise _Skip(
-            f"network {_shown(network)!r} has no bridge on this host (not active, or a macvtap/hostdev "
+            f"network {shown(network)!r} has no bridge on this host (not active, or a macvtap/hostdev "
             "network: resolve the live XML of the running domain)"
         )
     return found
@@ -333,7 +333,7 @@ def _vf_uplink(effective: ET.Element, sysfs_root: str) -> str:
     if address is None:
         raise _Skip("type hostdev without <source><address type='pci' .../></source>")
     if (address.get("type") or "pci") != "pci":
-        raise _Skip(f"hostdev address type {_shown(address.get('type') or '')!r}: only PCI SR-IOV VFs are resolved")
+        raise _Skip(f"hostdev address type {shown(address.get('type') or '')!r}: only PCI SR-IOV VFs are resolved")
     parts = {}
     for name, high in (("domain", 0xFFFF), ("bus", 0xFF), ("slot", 0x1F), ("function", 0x7)):
         raw = address.get(name, "0" if name == "domain" else None)
@@ -342,7 +342,7 @@ def _vf_uplink(effective: ET.Element, sysfs_root: str) -> str:
         except ValueError:
             value = None
         if value is None or not 0 <= value <= high:
-            raise _Skip(f"hostdev PCI address has an invalid {name} {_shown(raw or '')!r}: expected 0..{high:#x}")
+            raise _Skip(f"hostdev PCI address has an invalid {name} {shown(raw or '')!r}: expected 0..{high:#x}")
         parts[name] = value
     vf = hostnet.pci_address(parts["domain"], parts["bus"], parts["slot"], parts["function"])
     try:
@@ -375,7 +375,7 @@ def _vlans(vlan: ET.Element | None) -> list[int | None]:
         if raw is None:
             raise _Skip("<vlan><tag> without an id: fix the domain XML")
         if not _VLAN_ID.match(raw) or not 1 <= int(raw) <= 4094:
-            raise _Skip(f"invalid VLAN id {_shown(raw)!r}: expected 1..4094 (0 and 4095 are reserved)")
+            raise _Skip(f"invalid VLAN id {shown(raw)!r}: expected 1..4094 (0 and 4095 are reserved)")
         if int(raw) not in ids:
             ids.append(int(raw))
     return ids
@@ -419,7 +419,7 @@ def _mac(text: str | None) -> str:
     try:
         return normalize_mac(text)
     except InputError as exc:
-        raise _Skip(_shown_error(exc)) from None
+        raise _Skip(one_line(str(exc))) from None
 
 
 def _normal_or_none(text: str | None) -> str | None:
@@ -440,7 +440,7 @@ def _label(element: ET.Element, position: int) -> str:
     alias = element.find("alias")
     for candidate in (_target_dev(element), alias.get("name") if alias is not None else None):
         if candidate:
-            return _shown(candidate)
+            return shown(candidate)
     return f"interface #{position}"
 
 
@@ -455,12 +455,3 @@ def _ignored_domain(name: str | None, uuid: str | None, config: Config) -> str |
         if value and value in config.ignore_domains:
             return f"domain {value!r} is listed in [ignore] domains"
     return None
-
-
-def _shown(text: str) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _shown_error(exc: Exception) -> str:
-    return " ".join(str(exc).split())

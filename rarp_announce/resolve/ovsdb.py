@@ -31,6 +31,7 @@ import ovs.poller
 import ovs.stream
 import ovs.timeval
 
+from rarp_announce.config import OvsConfig
 from rarp_announce.errors import AnnounceError
 from rarp_announce.resolve.ovsport import PortInfo, ovn_bridge_name, wiring_problem
 
@@ -63,8 +64,9 @@ _HINT = "is ovsdb-server running? set [ovs] db"
 def default_remote() -> str:
     """Where ovsdb-server listens: unix:$OVS_RUNDIR/db.sock, else Debian's and upstream's
     default unix:/run/openvswitch/db.sock."""
-    rundir = os.environ.get("OVS_RUNDIR")
-    return f"unix:{os.path.join(rundir, 'db.sock')}" if rundir else "unix:/run/openvswitch/db.sock"
+    remote = OvsConfig().remote()
+    assert remote is not None  # only db = "" means "never read"
+    return remote
 
 
 class OvsdbUnavailable(AnnounceError):
@@ -97,11 +99,10 @@ class OvsSnapshot:
         # "VLAN 100" may still forward in its old VLAN.
         self.applying = applying
         self._bridges = sorted(set(bridges))
-        self._ports = tuple(ports)
         self._by_name: dict[str, PortInfo] = {}
         self._by_mac: dict[str, list[PortInfo]] = {}
         self._by_vhost_path: dict[str, PortInfo] = {}
-        for info in sorted(self._ports, key=lambda p: (p.bridge, p.interface)):
+        for info in sorted(ports, key=lambda p: (p.bridge, p.interface)):
             # Interface names are unique on a host (ovs-vswitchd.conf.db(5), Interface name).
             self._by_name.setdefault(info.interface, info)
             mac = info.external_ids.get("attached-mac")
@@ -145,9 +146,6 @@ class OvsSnapshot:
 
     def bridges(self) -> list[str]:
         return list(self._bridges)
-
-    def ports(self) -> list[PortInfo]:
-        return list(self._ports)
 
 
 # -- driving the ovs library from asyncio -----------------------------------------------------
@@ -566,20 +564,20 @@ class OvsdbView:
             except _FetchFailed as failure:
                 self._schema_failed(str(failure))
                 return
+        fetch, done = self._fetch, True
         try:
-            schema = self._fetch.run()
+            schema = fetch.run()
             if schema is None:
+                done = False  # under way: its connection stays open
                 return
-            idl = _make_idl(self.remote, schema)
+            self._idl = _make_idl(self.remote, schema)
+            self._backoff = _SCHEMA_FIRST_RETRY
         except _FetchFailed as failure:
-            self._fetch.close()
-            self._fetch = None
             self._schema_failed(str(failure))
-            return
-        self._fetch.close()
-        self._fetch = None
-        self._idl = idl
-        self._backoff = _SCHEMA_FIRST_RETRY
+        finally:
+            if done:
+                fetch.close()
+                self._fetch = None
 
     def _schema_failed(self, reason: str) -> None:
         self._last_error = reason

@@ -9,10 +9,9 @@ import time
 from collections.abc import Sequence
 from typing import TextIO
 
+from rarp_announce.announce.frames import frame_kind
 from rarp_announce.model import Target
 from rarp_announce.textio import emit_line
-
-_TYPES = {0x8035: "rarp", 0x0806: "garp", 0x86DD: "na"}
 
 
 class DryRunSink:
@@ -44,9 +43,11 @@ class DryRunSink:
 
 def _describe(frame: bytes) -> tuple[str, str | None]:
     offset = 16 if frame[12:14] == b"\x81\x00" else 12
-    (ethertype,) = struct.unpack_from("!H", frame, offset)
-    kind = _TYPES.get(ethertype, f"ethertype {ethertype:#06x}")
     body = offset + 2
+    kind = frame_kind(frame)
+    if kind is None:
+        (ethertype,) = struct.unpack_from("!H", frame, offset)
+        return f"ethertype {ethertype:#06x}", None
     if kind == "garp":
         return kind, str(ipaddress.IPv4Address(frame[body + 14 : body + 18]))
     if kind == "na":

@@ -20,10 +20,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from rarp_announce.config import OvsConfig
 from rarp_announce.errors import DeviceError
 from rarp_announce.mac import format_mac
 from rarp_announce.model import OvsPort, Target
@@ -31,7 +31,6 @@ from rarp_announce.transport import _ofproto as ofp
 
 _log = logging.getLogger("rarp_announce.transport")
 
-DEFAULT_RUNDIR = "/run/openvswitch"  # Debian's and upstream's --rundir default
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 2.0
 # Past this much unsent data ovs-vswitchd has stopped reading: refuse rather than let the
@@ -47,8 +46,7 @@ def default_endpoint(bridge: str, rundir: str | None = None) -> str:
 
     RUNDIR is `rundir`, else $OVS_RUNDIR (what the ovs-* tools honour), else /run/openvswitch.
     """
-    rundir = rundir or os.environ.get("OVS_RUNDIR") or DEFAULT_RUNDIR
-    return f"unix:{rundir}/{bridge}.mgmt"
+    return OvsConfig(rundir=rundir).endpoint(bridge)
 
 
 class OpenFlowError(ConnectionError):
@@ -427,15 +425,13 @@ class OpenFlowConnection:
 class _Prebuilt:
     """One frame's packet-out for one OVS port, built at the version last negotiated."""
 
-    connection: OpenFlowConnection
     in_port: int
     frame: bytes
     xid: int
     version: int = 0
     message: bytes = b""
 
-    def build(self) -> None:
-        version = self.connection.version
+    def build(self, version: int | None) -> None:
         assert version is not None
         self.message = ofp.packet_out(version, self.in_port, self.frame, self.xid)
         self.version = version
@@ -497,12 +493,12 @@ class OpenFlowSink:
         for frame in frames:
             key = (port.bridge, in_port, bytes(frame))
             entry = self._prebuilt.get(key)
-            if entry is None or entry.connection is not connection:
+            if entry is None:
                 about = f"in_port {in_port} (port {port.name}), source MAC {format_mac(frame[6:12])}"
-                entry = _Prebuilt(connection, in_port, key[2], connection.allocate_xid(about))
+                entry = _Prebuilt(in_port, key[2], connection.allocate_xid(about))
             if entry.version != connection.version:
                 try:
-                    entry.build()
+                    entry.build(connection.version)
                 except ValueError as error:  # a reserved in_port (LOCAL...) or an oversized frame
                     raise DeviceError(target.route, str(error)) from None
             self._prebuilt[key] = entry
@@ -526,12 +522,12 @@ class OpenFlowSink:
             raise DeviceError(target.route, _NOT_OVS)
         in_port = port.ofport if port.ofport is not None else self._found.get((port.bridge, port.name))
         entry = self._prebuilt.get((port.bridge, in_port, frame)) if in_port is not None else None
-        if entry is None:
+        connection = self._connections.get(port.bridge)
+        if entry is None or connection is None:
             raise DeviceError(target.route, "this frame was not prepared for the port (prepare() first)")
-        connection = entry.connection
         if entry.version != connection.version:
             try:
-                entry.build()  # a reconnection negotiated another version
+                entry.build(connection.version)  # a reconnection negotiated another version
             except ValueError as error:  # e.g. a port number 1.0 cannot carry
                 raise DeviceError(target.route, str(error)) from None
         if connection.rejected:

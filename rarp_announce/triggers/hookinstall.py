@@ -27,7 +27,6 @@ from rarp_announce.config import (
 from rarp_announce.control import MAX_REQUEST
 from rarp_announce.errors import AnnounceError, InputError
 
-DEFAULT_HOOKS_DIR = "/etc/libvirt/hooks"
 HOOK_NAME = "rarp-announce"
 MARKER = "# rarp-announce-hook:"
 _BEGIN = "# --- settings:"

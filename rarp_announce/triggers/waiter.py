@@ -32,6 +32,7 @@ from rarp_announce.errors import AnnounceError, InputError
 from rarp_announce.model import FrameEvent, Resolution, Target
 from rarp_announce.names import check_uuid
 from rarp_announce.pids import wait_gone
+from rarp_announce.resolve.domxml import MAX_XML_BYTES
 from rarp_announce.transport.base import Sink
 from rarp_announce.virt import lifecycle
 from rarp_announce.virt.lifecycle import Step
@@ -142,16 +143,14 @@ class Waiter:
             self.result.frames += 1
 
     async def run(self) -> WaitResult:
-        from rarp_announce.resolve.host import HostResolver
-        from rarp_announce.transport.wire import WireSink
+        from rarp_announce.resolve.host import HostResolver, sink_port_lookup
         from rarp_announce.virt.events import Watcher, register_event_loop
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         register_event_loop(loop)  # before any connection, or events are lost
-        sink = self.announcer.sink
-        openflow_port = sink.openflow.port_number if isinstance(sink, WireSink) else None
-        resolver = HostResolver(lambda: self.config, connection=self._conn, openflow_port=openflow_port)
+        resolver = HostResolver(lambda: self.config, connection=self._conn,
+                                openflow_port=sink_port_lookup(self.announcer.sink))
         self.table = table = ArrivalTable(self.announcer, resolver, lambda: self.config, observers=[_Log(self.label)])
         self.watcher = Watcher(
             self.uri, lifecycle=self._on_lifecycle, device_added=lambda *args: None,
@@ -166,11 +165,8 @@ class Waiter:
         # hook); what the first arrival needs is loaded and prepared right after.
         await self.watcher.first_attempt
         ovs_start = None
-        remote = self.config.ovs.remote()
-        if remote is not None:
-            from rarp_announce.resolve.ovsdb import OvsdbView
-
-            self.ovs = resolver.ovs = OvsdbView(remote, on_change=table.ovs_changed)
+        self.ovs = resolver.follow_ovs(table.ovs_changed)
+        if self.ovs is not None:
             # Not awaited: until it answers, OVS ports wait for it (the table prepares again then).
             ovs_start = asyncio.ensure_future(self.ovs.start(timeout=min(2.0, self.timeout)))
         if self.hook_xml is not None and self.uuid not in table.entries:
@@ -201,8 +197,7 @@ class Waiter:
             if step is Step.ARRIVED:
                 table.arrive(self.uuid, self.name, trigger=_TRIGGER, seen=time.monotonic())
             elif step is Step.INCOMING:
-                if entry is None or entry.source != "hook" or entry.phase != "incoming":
-                    table.expect_soon(self.uuid, self.name, source="event")
+                table.incoming(self.uuid, self.name)
             elif step is Step.PARKED:
                 table.park(self.uuid, self.name)
             self._events.put_nowait((event, detail, step))
@@ -247,12 +242,11 @@ class Waiter:
             return
         _log.info("domain %s: found in state %d reason %d", self.label, state, reason)
         step = state_step(state, reason)
-        entry = table.entries.get(self.uuid)
         if step is Step.PARKED:
             # Paused here (prepare phase, or a migration done paused): whichever resume comes
             # next, MIGRATED or UNPAUSED, is the arrival.
             table.park(self.uuid, self.name)
-        elif step is Step.ARRIVED and (entry is None or entry.phase != "arrived"):
+        elif step is Step.ARRIVED:  # the table ignores a second arrival
             table.arrive(self.uuid, self.name, trigger="hook-waiter-catch-up")
 
     async def _finish(self, table: ArrivalTable, entry: Arrival, deadline: float) -> WaitResult:
@@ -261,11 +255,11 @@ class Waiter:
             await asyncio.wait_for(table.settled(self.uuid), max(0.001, deadline - loop.time()))
         except asyncio.TimeoutError:
             pass
-        if self.ovs is not None and any(t.ovs is not None for t in entry.targets) and entry.arrived_at is not None:
+        window_end = table.ovs_window_end(entry)
+        if self.ovs is not None and window_end is not None:
             # As the daemon does: an OVS port rewired into another VLAN within the wiring window
             # is announced again there (the table reconciles on each OVSDB change meanwhile).
-            window = entry.arrived_at + self.config.ovs.wiring_timeout - time.monotonic()
-            await self._watch_until(min(deadline, loop.time() + window))
+            await self._watch_until(min(deadline, loop.time() + window_end - time.monotonic()))
             try:
                 await asyncio.wait_for(table.settled(self.uuid), max(0.001, deadline - loop.time()))
             except asyncio.TimeoutError:
@@ -348,7 +342,7 @@ def read_hook_xml(waiter_dir: str, uuid: str) -> str | None:
     path = os.path.join(waiter_dir, f"{uuid}.xml")
     try:
         with open(path, "rb") as handle:
-            data = handle.read(4 * 1024 * 1024 + 1)
+            data = handle.read(MAX_XML_BYTES + 1)  # a bigger one is refused by the parse anyway
     except OSError:
         return None
     with contextlib.suppress(OSError):
@@ -454,8 +448,6 @@ def main(argv: list[str] | None = None) -> int:
     """
     import argparse
 
-    from rarp_announce.config import libvirt_uri, load_config
-
     parser = argparse.ArgumentParser(prog="rarp-announce hook wait", description=main.__doc__)
     parser.add_argument("--uuid", required=True)
     parser.add_argument("--name")
@@ -466,11 +458,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ask-daemon")
     parser.add_argument("--waiter-dir")
     args = parser.parse_args(argv)
+    return wait_main(args.uuid, name=args.name, timeout=args.timeout, connect=args.connect, config_path=args.config,
+                     hook_pid=args.hook_pid, ask_daemon=args.ask_daemon, waiter_dir=args.waiter_dir)
+
+
+def wait_main(uuid: str, *, name: str | None, timeout: float, connect: str | None, config_path: str | None,
+              hook_pid: int | None, ask_daemon: str | None, waiter_dir: str | None) -> int:
+    """One waiter with its log on stderr (the hook's log file), and its exit code; for `main` and
+    `rarp-announce hook wait`. Errors are one log line, not a second copy on stderr."""
+    from rarp_announce.config import libvirt_uri, load_config
+
     log = setup_logging()
     try:
-        config = load_config(args.config)
-        result = run(args.uuid, name=args.name, timeout=args.timeout, uri=libvirt_uri(args.connect, config),
-                     config=config, hook_pid=args.hook_pid, ask_daemon=args.ask_daemon, waiter_dir=args.waiter_dir)
+        config = load_config(config_path)
+        result = run(uuid, name=name, timeout=timeout, uri=libvirt_uri(connect, config), config=config,
+                     hook_pid=hook_pid, ask_daemon=ask_daemon, waiter_dir=waiter_dir)
     except AnnounceError as error:
         log.error("error: %s", error)
         return error.exit_code

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rarp_announce.errors import AnnounceError, InputError
-from rarp_announce.names import canonical_uuid
+from rarp_announce.names import canonical_uuid, one_line
 
 if TYPE_CHECKING:  # pragma: no cover
     import libvirt
@@ -105,5 +105,4 @@ def _uri(conn: "libvirt.virConnect") -> str:
 def error_message(exc: Exception) -> str:
     """A libvirt error as one line."""
     getter = getattr(exc, "get_error_message", None)
-    text = (getter() if getter else None) or str(exc)
-    return " ".join(text.split())
+    return one_line((getter() if getter else None) or str(exc))

@@ -11,6 +11,7 @@ from scapy.packet import Padding
 from rarp_announce.errors import InputError
 from rarp_announce.announce.frames import FRAME_LEN, TAGGED_FRAME_LEN, check_vlan, frame_vlan, rarp_frame
 from rarp_announce.mac import format_mac
+from tests.announce._scapy import scapy_ether
 
 MAC = bytes.fromhex("525400123456")
 
@@ -25,14 +26,7 @@ def scapy_frame(mac: bytes, vlan: int | None = None, priority: int = 0) -> bytes
     """QEMU's frame as scapy builds it from the protocol fields, padded like QEMU (no FCS)."""
     text = format_mac(mac)
     arp = ARP(hwtype=1, ptype=0x0800, hwlen=6, plen=4, op=3, hwsrc=text, psrc="0.0.0.0", hwdst=text, pdst="0.0.0.0")
-    if vlan is None:
-        packet = Ether(dst="ff:ff:ff:ff:ff:ff", src=text, type=0x8035) / arp
-        size = 60
-    else:
-        packet = Ether(dst="ff:ff:ff:ff:ff:ff", src=text, type=0x8100) / Dot1Q(prio=priority, dei=0, vlan=vlan, type=0x8035) / arp
-        size = 64
-    raw = bytes(packet)
-    return bytes(packet / Padding(load=bytes(size - len(raw))))
+    return scapy_ether("ff:ff:ff:ff:ff:ff", text, 0x8035, arp, vlan, priority)
 
 
 def test_untagged_frame_is_the_reference_hex() -> None:

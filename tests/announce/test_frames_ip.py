@@ -29,6 +29,7 @@ from rarp_announce.announce.frames import (
 )
 from rarp_announce.errors import InputError
 from rarp_announce.mac import format_mac
+from tests.announce._scapy import scapy_ether
 
 MAC = bytes.fromhex("525400123456")
 V4 = ["192.0.2.10", "10.0.0.1", "169.254.7.7", "100.64.0.1", "203.0.113.255"]
@@ -44,14 +45,7 @@ def scapy_garp(mac: bytes, ip: str, vlan: int | None = None, priority: int = 0) 
     """RFC 5227 2.3 announcement as scapy builds it from the protocol fields, zero-padded (no FCS)."""
     text = format_mac(mac)
     arp = ARP(hwtype=1, ptype=0x0800, hwlen=6, plen=4, op=1, hwsrc=text, psrc=ip, hwdst="00:00:00:00:00:00", pdst=ip)
-    if vlan is None:
-        packet = Ether(dst="ff:ff:ff:ff:ff:ff", src=text, type=0x0806) / arp
-        size = 60
-    else:
-        packet = Ether(dst="ff:ff:ff:ff:ff:ff", src=text, type=0x8100) / Dot1Q(prio=priority, dei=0, vlan=vlan, type=0x0806) / arp
-        size = 64
-    raw = bytes(packet)
-    return bytes(packet / Padding(load=bytes(size - len(raw))))
+    return scapy_ether("ff:ff:ff:ff:ff:ff", text, 0x0806, arp, vlan, priority)
 
 
 def scapy_na(mac: bytes, ip: str, vlan: int | None = None, priority: int = 0) -> bytes:
@@ -62,9 +56,7 @@ def scapy_na(mac: bytes, ip: str, vlan: int | None = None, priority: int = 0) ->
         / ICMPv6ND_NA(R=0, S=0, O=1, tgt=ip)
         / ICMPv6NDOptDstLLAddr(lladdr=text)
     )
-    if vlan is None:
-        return bytes(Ether(dst="33:33:00:00:00:01", src=text, type=0x86DD) / body)
-    return bytes(Ether(dst="33:33:00:00:00:01", src=text, type=0x8100) / Dot1Q(prio=priority, vlan=vlan, type=0x86DD) / body)
+    return scapy_ether("33:33:00:00:00:01", text, 0x86DD, body, vlan, priority)
 
 
 # --- GARP -------------------------------------------------------------------------------------

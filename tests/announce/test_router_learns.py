@@ -10,22 +10,17 @@ from __future__ import annotations
 
 import ipaddress
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
 from rarp_announce.announce.frames import garp_frame, na_frame
-from rarp_announce.lab.netns import send_raw, unique, wait_until
-from rarp_announce.lab.router import Router, supported
+from rarp_announce.lab.netns import send_raw, wait_until
+from rarp_announce.lab.router import Router
 from rarp_announce.mac import parse_mac
-from tests.conftest import require
+from tests.conftest import HOST_DEVICE, ROUTER_DEVICE
 
-DEV = "r0"  # the router's side of the veth
-UPLINK = "g0"  # the guest host's side, where frames are written
 MAC = "52:54:00:ab:cd:ef"
-ROUTER_V4 = "192.0.2.1/24"
-ROUTER_V6 = "2001:db8:1::1/64"
 GUEST_V4 = "192.0.2.10"
 GUEST_V6 = "2001:db8:1::10"
 GUEST_LL = "fe80::5054:ff:feab:cdef"
@@ -44,26 +39,12 @@ class Lab:
         return self.router.learned(ip, MAC)
 
     def send(self, frame: bytes) -> None:
-        send_raw(self.guest, UPLINK, frame)
+        send_raw(self.guest, HOST_DEVICE, frame)
 
 
 @pytest.fixture
-def lab(root_netns: None) -> Iterator[Lab]:
-    """A router netns and a guest-host netns joined by a veth; both removed whatever happens."""
-    require(supported(), "needs net.ipv6.conf.*.accept_untracked_na (Linux 5.18 or later)")
-    router, guest = unique("rt"), unique("gh")
-    made: list[str] = []
-    try:
-        for name in (router, guest):
-            subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
-            made.append(name)
-        subprocess.run(["ip", "-n", router, "link", "add", DEV, "type", "veth", "peer", "name", UPLINK, "netns", guest],
-                       check=True, timeout=10)
-        subprocess.run(["ip", "-n", guest, "link", "set", UPLINK, "up"], check=True, timeout=10)
-        yield Lab(Router(router, DEV, (ROUTER_V4, ROUTER_V6)).setup(), guest)
-    finally:
-        for name in reversed(made):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+def lab(router: tuple[Router, str]) -> Lab:
+    return Lab(*router)
 
 
 def test_router_learns_ipv4_and_ipv6_from_one_garp_and_one_na(lab: Lab) -> None:
@@ -76,7 +57,7 @@ def test_router_learns_ipv4_and_ipv6_from_one_garp_and_one_na(lab: Lab) -> None:
     # Learned from an announcement, never confirmed: STALE (until the router talks to it).
     assert table[GUEST_V4] == (MAC, "STALE")
     assert table[GUEST_V6] == (MAC, "STALE")
-    shown = subprocess.run(["ip", "-n", lab.router.ns, "neigh", "show", "dev", DEV], capture_output=True, text=True).stdout
+    shown = subprocess.run(["ip", "-n", lab.router.ns, "neigh", "show", "dev", ROUTER_DEVICE], capture_output=True, text=True).stdout
     assert f"{GUEST_V4} lladdr {MAC}" in shown
     assert f"{GUEST_V6} lladdr {MAC}" in shown
 

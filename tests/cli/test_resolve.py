@@ -433,9 +433,9 @@ def _ovs_host(topology: Topology, tmp_path: Path):
 def _reaches_the_guest(topology: Topology, mac: str, vlan: int) -> bool:
     """A unicast frame to `mac`, tagged `vlan`, sent by the physical switch's side of host a's uplink:
     does it come out on the guest's side of vm0?"""
-    from rarp_announce.lab.netns import Capture, send_raw
+    from rarp_announce.lab.netns import Capture, learning_frame, send_raw
 
-    frame = bytes.fromhex(mac.replace(":", "")) + bytes.fromhex("02aa00000001") + b"\x81\x00" + vlan.to_bytes(2, "big") + b"\x88\xb5" + bytes(46)
+    frame = learning_frame("02:aa:00:00:00:01", vlan, to=mac)
     with Capture(topology.ns["a"], "vm0guest") as capture:
         send_raw(topology.switch, "port_a", frame)
         got = capture.frames(ethertype=0x88B5, count=1, timeout=1)

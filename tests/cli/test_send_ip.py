@@ -6,37 +6,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
-from collections.abc import Iterator
 
 import pytest
 
-from rarp_announce.lab.netns import unique, wait_until
-from rarp_announce.lab.router import Router, supported
-from tests.conftest import require
+from rarp_announce.lab.netns import wait_until
+from rarp_announce.lab.router import Router
+from tests.conftest import CLI
 
-CLI = [sys.executable, "-m", "rarp_announce"]
 MAC = "52:54:00:1b:00:01"
-
-
-@pytest.fixture
-def router(root_netns: None) -> Iterator[tuple[Router, str]]:
-    """A router netns and a host netns joined by a veth (`r0` <-> `h0`); yields the router and the host's netns."""
-    require(supported(), "needs net.ipv6.conf.*.accept_untracked_na (Linux 5.18 or later)")
-    ns_router, ns_host = unique("sr"), unique("sh")
-    made = []
-    try:
-        for name in (ns_router, ns_host):
-            subprocess.run(["ip", "netns", "add", name], check=True, timeout=10)
-            made.append(name)
-        subprocess.run(["ip", "-n", ns_router, "link", "add", "r0", "type", "veth", "peer", "name", "h0",
-                        "netns", ns_host], check=True, timeout=10)
-        subprocess.run(["ip", "-n", ns_host, "link", "set", "h0", "up"], check=True, timeout=10)
-        yield Router(ns_router, "r0").setup(), ns_host
-    finally:
-        for name in reversed(made):
-            subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
 
 
 def test_send_with_addresses_teaches_a_router_both_families(router: tuple[Router, str]) -> None:

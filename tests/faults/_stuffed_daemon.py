@@ -19,7 +19,7 @@ from rarp_announce.announce.schedule import Schedule
 from rarp_announce.config import Config, DaemonConfig, OvsConfig
 from rarp_announce.triggers.daemon.logs import setup_logging
 from rarp_announce.triggers.daemon.service import Daemon
-from tests.hostlab import domain_xml
+from tests.hostlab import FAST, domain_xml
 
 
 class StuffedDaemon(Daemon):
@@ -64,7 +64,7 @@ def main() -> None:
     setup_logging("text")
     quick = mode == "settled"
     config = Config(
-        schedule=Schedule(initial_ms=5, max_ms=20, rounds=3, step_ms=5) if quick else
+        schedule=Schedule(**FAST) if quick else
         Schedule(initial_ms=50, max_ms=550, rounds=5, step_ms=100, repeat=10, repeat_interval_s=1.0),
         daemon=DaemonConfig(retry_timeout=300.0, retry_interval=0.5),
         ovs=OvsConfig(db=""),

@@ -23,7 +23,7 @@ def test_check_frame_accepts_qemus_exact_frame_and_names_what_differs():
 
 def test_sniffer_sees_tagged_and_untagged_rarp_with_device_and_vlan(topology):
     from rarp_announce.announce.frames import rarp_frame
-    from rarp_announce.lab.netns import inside
+    from rarp_announce.lab.netns import inside, learning_frame
     from rarp_announce.lab.observe import Sniffer
     import socket
 
@@ -36,7 +36,7 @@ def test_sniffer_sees_tagged_and_untagged_rarp_with_device_and_vlan(topology):
             sock.bind(("uplink", 0))
             sock.send(rarp_frame(bytes.fromhex("525400000001"), None, 0))
             sock.send(rarp_frame(bytes.fromhex("525400000002"), 100, 0))
-            sock.send(b"\xff" * 6 + bytes.fromhex("525400000003") + b"\x88\xb5" + bytes(46))  # not RARP
+            sock.send(learning_frame("52:54:00:00:00:03"))  # not RARP
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline and len(sniffer.since(start)) < 2:
             time.sleep(0.02)

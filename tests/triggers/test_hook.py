@@ -9,10 +9,8 @@ checked for being detached (own session, none of libvirt's pipes) and for ending
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -95,16 +93,6 @@ def make_hook(root: Path, **overrides) -> Hook:
     values.update(overrides)
     result = hookinstall.install(str(root / "hooks"), HookSettings(**values))
     return Hook(root, Path(result.path), control, log)
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    # Unix socket paths are limited to 107 bytes: pytest's tmp_path can be longer.
-    path = Path(tempfile.mkdtemp(prefix="rah"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

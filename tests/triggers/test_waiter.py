@@ -9,11 +9,14 @@ whose bridge the domain's vNICs sit on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import itertools
 import os
 import time
 import uuid as uuidlib
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
@@ -73,12 +76,35 @@ def wait_for_arrival(uuid, config, sink, *, timeout, name=None, xml=None):
     return make_waiter(uuid, config, sink, timeout=timeout, name=name, xml=xml).run()
 
 
-async def started(follower: waiter.Waiter) -> asyncio.Future:
-    """Run the waiter; return once libvirt's events reach it (what a hook's waiter has long
-    before the destination's prepare phase, seconds after `migrate begin`)."""
-    task = asyncio.ensure_future(follower.run())
-    await asyncio.wait_for(follower.listening.wait(), 5)
-    return task
+@dataclasses.dataclass
+class Scene:
+    conn: Any  # the test's own "virsh"
+    sink: RawSocketSink
+    tasks: list[asyncio.Future] = dataclasses.field(default_factory=list)
+
+    async def started(self, follower: waiter.Waiter) -> asyncio.Future:
+        """Run the waiter; return once libvirt's events reach it (what a hook's waiter has long
+        before the destination's prepare phase, seconds after `migrate begin`)."""
+        task = asyncio.ensure_future(follower.run())
+        self.tasks.append(task)
+        await asyncio.wait_for(follower.listening.wait(), 5)
+        return task
+
+
+@contextlib.asynccontextmanager
+async def scene(name: str | None = None) -> AsyncIterator[Scene]:
+    """A connection and a sink; afterwards, whatever happened, a waiter still running is
+    cancelled, the sink closed, the domain `name` removed and the connection closed."""
+    here = Scene(await connect(), RawSocketSink())
+    try:
+        yield here
+    finally:
+        for task in here.tasks:
+            task.cancel()
+        here.sink.close()
+        if name is not None:
+            remove(here.conn, name)
+        here.conn.close()
 
 
 def remove(conn, name: str) -> None:
@@ -141,12 +167,10 @@ def test_waits_for_the_resume_then_announces_qemu_frames_on_the_bridge(topology,
     seen_before_resume: list = []
 
     async def scenario():
-        conn = await connect()
-        sink = RawSocketSink()
-        task = await started(make_waiter(uuid, config, sink, timeout=10, name=name))
-        try:
+        async with scene(name) as s:
+            task = await s.started(make_waiter(uuid, config, s.sink, timeout=10, name=name))
             # the domain does not exist yet, as after `migrate begin`
-            dom = conn.defineXML(domain_xml(name, uuid))
+            dom = s.conn.defineXML(domain_xml(name, uuid))
             dom.create()
             dom.suspend()  # arrived paused: the next resume is the arrival
             await asyncio.sleep(0.2)
@@ -156,11 +180,6 @@ def test_waits_for_the_resume_then_announces_qemu_frames_on_the_bridge(topology,
             dom.resume()
             result = await asyncio.wait_for(task, 5)
             return result, resumed
-        finally:
-            task.cancel()
-            sink.close()
-            remove(conn, name)
-            conn.close()
 
     with topology.capture("switch", "port_a") as capture:
         result, resumed = run_in(topology.ns["a"], scenario)
@@ -193,20 +212,14 @@ def test_a_resume_before_the_waiter_looked_is_announced_at_once(topology, libvir
     config = dataclasses.replace(Config(), schedule=FAST)
 
     async def scenario():
-        conn = await connect()
-        sink = RawSocketSink()
-        try:
-            dom = conn.defineXML(domain_xml(name, uuid))
+        async with scene(name) as s:
+            dom = s.conn.defineXML(domain_xml(name, uuid))
             dom.create()
             dom.suspend()
             dom.resume()  # state RUNNING, reason UNPAUSED: it arrived and ran before we connected
             started = time.monotonic()
-            result = await wait_for_arrival(uuid, config, sink, timeout=5, name=name)
+            result = await wait_for_arrival(uuid, config, s.sink, timeout=5, name=name)
             return result, time.monotonic() - started
-        finally:
-            sink.close()
-            remove(conn, name)
-            conn.close()
 
     with topology.capture("switch", "port_a") as capture:
         result, took = run_in(topology.ns["a"], scenario)
@@ -220,20 +233,13 @@ def test_a_migration_that_fails_ends_the_waiter(libvirt_module) -> None:
     name, uuid = fresh()
 
     async def scenario():
-        conn = await connect()
-        sink = RawSocketSink()
-        task = await started(make_waiter(uuid, Config(), sink, timeout=10))
-        try:
-            dom = conn.defineXML(domain_xml(name, uuid))
+        async with scene(name) as s:
+            task = await s.started(make_waiter(uuid, Config(), s.sink, timeout=10))
+            dom = s.conn.defineXML(domain_xml(name, uuid))
             dom.create()
             dom.suspend()
             dom.destroy()  # STOPPED before any resume: the incoming guest is gone
             return await asyncio.wait_for(task, 5)
-        finally:
-            task.cancel()
-            sink.close()
-            remove(conn, name)
-            conn.close()
 
     result = asyncio.run(scenario())
     assert result.outcome == "gone" and result.exit_code == 0
@@ -244,13 +250,10 @@ def test_no_resume_within_the_timeout_gives_up(libvirt_module) -> None:
     _name, uuid = fresh()
 
     async def scenario():
-        conn = await connect()
-        try:
+        async with scene() as s:
             started = time.monotonic()
-            result = await wait_for_arrival(uuid, Config(), RawSocketSink(), timeout=0.2)
+            result = await wait_for_arrival(uuid, Config(), s.sink, timeout=0.2)
             return result, time.monotonic() - started
-        finally:
-            conn.close()
 
     result, took = asyncio.run(scenario())
     assert result.outcome == "timeout" and result.exit_code == 1
@@ -261,14 +264,10 @@ def test_a_domain_booted_here_is_not_an_arrival(libvirt_module) -> None:
     name, uuid = fresh()
 
     async def scenario():
-        conn = await connect()
-        try:
-            dom = conn.defineXML(domain_xml(name, uuid, bridge="nosuch0"))
+        async with scene(name) as s:
+            dom = s.conn.defineXML(domain_xml(name, uuid, bridge="nosuch0"))
             dom.create()  # RUNNING/BOOTED: not what a migration leaves
-            return await wait_for_arrival(uuid, Config(), RawSocketSink(), timeout=0.2)
-        finally:
-            remove(conn, name)
-            conn.close()
+            return await wait_for_arrival(uuid, Config(), s.sink, timeout=0.2)
 
     assert asyncio.run(scenario()).outcome == "timeout"
 
@@ -290,13 +289,11 @@ def test_a_bridge_that_appears_late_is_announced_once_it_exists(topology, libvir
             host.link("set", ifname="brlate", state="up")
 
     async def scenario():
-        conn = await connect()
-        sink = RawSocketSink()
-        try:
-            dom = conn.defineXML(domain_xml(name, uuid, bridge="brlate"))
+        async with scene(name) as s:
+            dom = s.conn.defineXML(domain_xml(name, uuid, bridge="brlate"))
             dom.create()
             dom.suspend()
-            task = asyncio.ensure_future(wait_for_arrival(uuid, config, sink, timeout=10))
+            task = asyncio.ensure_future(wait_for_arrival(uuid, config, s.sink, timeout=10))
             await asyncio.sleep(0.05)
             dom.resume()
             await asyncio.sleep(0.3)
@@ -304,10 +301,6 @@ def test_a_bridge_that_appears_late_is_announced_once_it_exists(topology, libvir
             # pyroute2 runs its own asyncio loop: plug the late bridge from another thread.
             await asyncio.get_running_loop().run_in_executor(None, plug_late_bridge)
             return await asyncio.wait_for(task, 5)
-        finally:
-            sink.close()
-            remove(conn, name)
-            conn.close()
 
     with topology.capture("switch", "port_a") as capture:
         result = run_in(ns, scenario)
@@ -323,18 +316,12 @@ def test_a_device_that_never_comes_fails_after_the_retry_window(topology, libvir
     )
 
     async def scenario():
-        conn = await connect()
-        sink = RawSocketSink()
-        try:
-            dom = conn.defineXML(domain_xml(name, uuid, bridge="nosuch0"))
+        async with scene(name) as s:
+            dom = s.conn.defineXML(domain_xml(name, uuid, bridge="nosuch0"))
             dom.create()
             dom.suspend()
             dom.resume()
-            return await wait_for_arrival(uuid, config, sink, timeout=5)
-        finally:
-            sink.close()
-            remove(conn, name)
-            conn.close()
+            return await wait_for_arrival(uuid, config, s.sink, timeout=5)
 
     result = run_in(topology.ns["a"], scenario)
     assert result.outcome == "failed" and result.exit_code == 1
@@ -391,24 +378,17 @@ def test_the_hooks_xml_is_prepared_before_libvirt_defines_the_domain(topology, l
     config = dataclasses.replace(Config(), schedule=FAST)
 
     async def scenario():
-        conn = await connect()
-        sink = RawSocketSink()
-        follower = make_waiter(uuid, config, sink, timeout=10, name=name, xml=domain_xml(name, uuid))
-        task = await started(follower)
-        try:
+        async with scene(name) as s:
+            follower = make_waiter(uuid, config, s.sink, timeout=10, name=name, xml=domain_xml(name, uuid))
+            task = await s.started(follower)
             entry = follower.table.entries[uuid]
             await asyncio.wait_for(asyncio.shield(entry.preparing), 2)
-            prepared = (entry.phase, entry.source, sorted(t.key for t in entry.targets), sink.devices)
-            dom = conn.defineXML(domain_xml(name, uuid))
+            prepared = (entry.phase, entry.source, sorted(t.key for t in entry.targets), s.sink.devices)
+            dom = s.conn.defineXML(domain_xml(name, uuid))
             dom.create()
             dom.suspend()
             dom.resume()
             return prepared, await asyncio.wait_for(task, 5)
-        finally:
-            task.cancel()
-            sink.close()
-            remove(conn, name)
-            conn.close()
 
     with topology.capture("switch", "port_a") as capture:
         prepared, result = run_in(topology.ns["a"], scenario)

@@ -62,13 +62,11 @@ class LibvirtTrigger:
         if step is Step.IGNORE:
             return
         if step is Step.INCOMING:
-            if entry is not None and entry.phase == "incoming" and entry.source != "event":
-                self._table.confirm(uuid)  # the hook handed it over already; its XML is being prepared
-                return
             # The entry exists from now on (a resume that follows at once finds it); its live XML
             # is read by the table's task: no libvirt call from inside libvirt's callback.
-            arrival = self._table.expect_soon(uuid, dom.name(), source="event")
-            self._spawn(self._identify(arrival, dom))
+            arrival = self._table.incoming(uuid, dom.name())
+            if arrival is not None:
+                self._spawn(self._identify(arrival, dom))
         elif step is Step.PARKED:
             self._table.park(uuid)
         elif step is Step.ARRIVED:
@@ -78,18 +76,17 @@ class LibvirtTrigger:
 
     def _arrived(self, dom: Any, uuid: str, entry: Arrival | None, event: int, detail: int, seen: float) -> None:
         trigger = _trigger(event, detail)
-        if entry is not None and entry.phase == "arrived":
-            self.daemon.counters["duplicate_resumes"] += 1  # postcopy, then migrated: one arrival
-            return
         if entry is None:
             # Nothing seen of its prepare phase (the daemon started mid-migration): check the
             # ledger and whether it is a migration at all before announcing.
             self._spawn(self._arrived_cold(dom, uuid, trigger, seen))
             return
         arrival = self._table.arrive(uuid, dom.name(), trigger=trigger, seen=seen)
+        if arrival is None:
+            self.daemon.counters["duplicate_resumes"] += 1  # postcopy, then migrated: one arrival
+            return
         # Everything below happens after the first round has left.
-        if arrival is not None:
-            self._record(arrival, dom, trigger)
+        self._record(arrival, dom, trigger)
 
     def on_device_added(self, conn: Any, dom: Any, alias: str, opaque: Any = None) -> None:
         try:
@@ -127,20 +124,22 @@ class LibvirtTrigger:
             return
         await self._announce_cold(dom, uuid, trigger, seen, source="event")
 
-    async def _announce_cold(self, dom: Any, uuid: str, trigger: str, seen: float | None, *, source: str) -> None:
+    async def _announce_cold(self, dom: Any, uuid: str, trigger: str, seen: float | None, *, source: str) -> bool:
+        """Whether it arrived now: False when the ledger has it already or it is gone meanwhile."""
         identity = self._identity(uuid, dom)
         if identity is not None and identity in self.daemon.ledger:
             self.daemon.counters["already_announced"] += 1
-            return
+            return False
         xml = self._xml(dom)
         if xml is None:
-            return
+            return False
         await self._table.expect(uuid, dom.name(), xml=xml, source=source, identity=identity)
         if self._table.entries.get(uuid) is None:
-            return
+            return False
         arrival = self._table.arrive(uuid, dom.name(), trigger=trigger, seen=seen)
         if arrival is not None:
             self._record(arrival, dom, trigger)
+        return True
 
     async def _device_added(self, entry: Arrival, dom: Any, alias: str) -> None:
         await asyncio.sleep(0)
@@ -178,9 +177,7 @@ class LibvirtTrigger:
                 if arrival is not None:
                     self._record(arrival, dom, "catch-up")
             elif entry is None and reason in (lifecycle.RUNNING_MIGRATED, lifecycle.RUNNING_POSTCOPY):
-                before = self.daemon.counters["already_announced"]
-                await self._announce_cold(dom, uuid, "catch-up", None, source="catch-up")
-                if self.daemon.counters["already_announced"] == before and uuid in self._table.entries:
+                if await self._announce_cold(dom, uuid, "catch-up", None, source="catch-up"):
                     self.daemon.counters["caught_up"] += 1
         for uuid in known - running:
             self._table.forget(uuid)  # stopped or left while we were not listening

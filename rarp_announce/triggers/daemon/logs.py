@@ -14,6 +14,7 @@ from typing import TextIO
 from rarp_announce.announce.arrivals import Arrival, Observer
 from rarp_announce.errors import InputError
 from rarp_announce.model import Resolution, Target
+from rarp_announce.names import one_line
 
 LOGGER = "rarp_announce.daemon"
 FORMATS = ("text", "json")
@@ -24,7 +25,7 @@ def _reason(record: logging.LogRecord) -> str | None:
     if not record.exc_info or record.exc_info[1] is None:
         return None
     error = record.exc_info[1]
-    return " ".join(f"{type(error).__name__}: {error}".split())
+    return one_line(f"{type(error).__name__}: {error}")
 
 
 class _JsonFormatter(logging.Formatter):

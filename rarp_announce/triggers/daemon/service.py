@@ -22,7 +22,7 @@ from rarp_announce.announce.engine import Announcer
 from rarp_announce.config import Config, load_config
 from rarp_announce.control import ControlServer
 from rarp_announce.errors import InputError
-from rarp_announce.resolve.host import HostResolver
+from rarp_announce.resolve.host import HostResolver, sink_port_lookup
 from rarp_announce.transport.base import Sink
 from rarp_announce.transport.wire import WireSink
 from rarp_announce.triggers.daemon.ledger import QEMU_PID_DIR, Ledger
@@ -64,8 +64,8 @@ class Daemon:
         self.metrics.in_flight.set_function(lambda: len(self.announcer.in_flight))  # counted at scrape time
         self.status_log = StatusObserver()
         self.ovs: Any = None  # resolve.ovsdb.OvsdbView once started, when OVSDB is to be read
-        openflow_port = self.sink.openflow.port_number if isinstance(self.sink, WireSink) else None
-        self.resolver = HostResolver(lambda: self.config, connection=self._connection, openflow_port=openflow_port)
+        self.resolver = HostResolver(lambda: self.config, connection=self._connection,
+                                     openflow_port=sink_port_lookup(self.sink))
         self.table = ArrivalTable(
             self.announcer, self.resolver, lambda: self.config,
             observers=[LogObserver(self.log), self.metrics.observer(), self.status_log],
@@ -138,16 +138,11 @@ class Daemon:
                   ovsdb=self.config.ovs.remote() or "off")
 
     async def _start_ovs(self) -> None:
-        remote = self.config.ovs.remote()
-        if remote is None:
-            return
-        from rarp_announce.resolve.ovsdb import OvsdbView
-
-        self.ovs = OvsdbView(remote, on_change=self.table.ovs_changed)
-        self.resolver.ovs = self.ovs
-        # Bounded: a host without Open vSwitch must not delay the daemon; the view keeps
-        # connecting in the background and says so once.
-        await self.ovs.start(timeout=1.0)
+        self.ovs = self.resolver.follow_ovs(self.table.ovs_changed)
+        if self.ovs is not None:
+            # Bounded: a host without Open vSwitch must not delay the daemon; the view keeps
+            # connecting in the background and says so once.
+            await self.ovs.start(timeout=1.0)
 
     async def run(self, *, notify: bool = True) -> None:
         """Start, tell systemd we are ready, serve until SIGTERM/SIGINT; SIGHUP reloads the config."""

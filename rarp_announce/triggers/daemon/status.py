@@ -14,7 +14,7 @@ from rarp_announce.model import Target
 if TYPE_CHECKING:
     from rarp_announce.triggers.daemon.service import Daemon
 
-_RECENT = 50
+_RECENT = 20  # announcements `status` shows
 
 
 class StatusObserver(Observer):
@@ -82,7 +82,7 @@ def daemon_status(daemon: Daemon) -> dict[str, Any]:
         "parked": sorted(e.name for e in entries if e.phase == "parked"),
         "in_flight": in_flight,
         "pending": pending,
-        "last_announcements": list(daemon.status_log.recent)[-20:],
+        "last_announcements": list(daemon.status_log.recent),
         "counters": dict(daemon.status_log.counters),
         "ledger_entries": len(daemon.ledger),
         "ledger_problems": dict(daemon.ledger.problems),
