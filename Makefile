@@ -4,14 +4,16 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
+LAB_GUEST := $(VENV)/lab-guest/initramfs.cpio.gz
 
 DEB_PACKAGES := libvirt-dev pkg-config gcc iproute2 tcpdump nftables ethtool procps \
 	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
-	openvswitch-switch
+	openvswitch-switch frr \
+	linux-image-cloud-amd64 busybox-static cpio kmod libc6-dev
 
 .PHONY: setup test test-fast bench demo clean distclean
 
-setup: $(STAMP)
+setup: $(STAMP) $(LAB_GUEST)
 
 $(STAMP): pyproject.toml Makefile
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
@@ -25,6 +27,11 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q "libvirt-python==$$(pkg-config --modversion libvirt)"
 	$(PY) -m pip install -q -e '.[test]'
 	@touch $(STAMP)
+
+# The lab's tiny guest (rarp_announce/lab/tinyguest.py): Debian's cloud kernel, and an initramfs
+# of busybox, the virtio modules and a static frame tally, next to the venv.
+$(LAB_GUEST): $(STAMP) packaging/lab-guest/build-initramfs.sh packaging/lab-guest/init packaging/lab-guest/tally.c
+	sh packaging/lab-guest/build-initramfs.sh $(VENV)/lab-guest
 
 # libvirt takes one event-loop implementation per process: the daemon's tests register
 # libvirtaio's, the lab's observer libvirt's default one, so the lab runs in a pytest of its own.

@@ -22,6 +22,7 @@ from rarp_announce.ipaddr import parse_ip
 from rarp_announce.names import one_line, valid_ifname
 from rarp_announce.mac import normalize_mac
 from rarp_announce.model import AddressSource
+from rarp_announce.resolve.sources import CONFIGURABLE, DEFAULTS
 from rarp_announce.announce.schedule import Schedule
 
 DEFAULT_CONFIG_PATH = "/etc/rarp-announce/config.toml"
@@ -35,10 +36,10 @@ LogFormat = Literal["text", "json"]
 HANDOFF_TIMEOUT_MAX = 0.5
 WAITER_TIMEOUT_MAX = 86400.0
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; more is a mistake
-ADDRESS_SOURCES: tuple[AddressSource, ...] = ("metadata", "config", "lease", "arp", "agent")
-# The guest agent is opt-in: libvirt waits for qemu-guest-agent without a bound of its own by
-# default (virDomainAgentSetResponseTimeout, "block"), and a guest without the agent never answers.
-DEFAULT_ADDRESS_SOURCES: tuple[AddressSource, ...] = ("metadata", "config", "lease", "arp")
+# Both from the one table of sources (resolve/sources.py): the defaults hold no guest-vouched source.
+ADDRESS_SOURCES: tuple[AddressSource, ...] = CONFIGURABLE
+DEFAULT_ADDRESS_SOURCES: tuple[AddressSource, ...] = DEFAULTS
+MAX_ALLOWED_PREFIXES = 256  # per bridge: a handful of subnets is the real case
 AGENT_TIMEOUT_MAX = 60.0  # the announcement waits for the addresses: longer defeats its purpose
 MAX_ADDRESSES_PER_MAC = 64  # every address costs a GARP or NA per round: 64 is already a lot of frames
 
@@ -56,6 +57,7 @@ class DaemonConfig:
     keepalive_interval: int = 5
     keepalive_count: int = 3
     reconnect_max: float = 30.0
+    control_group: str | None = None  # its members may use the control socket too (root always may)
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,8 @@ class AddressesConfig:
     agent_timeout: float = 2.0  # seconds each libvirt source (the guest agent above all) and announce-self may take
     guest_announce: bool = False  # also ask QEMU's announce-self, so the guest announces itself (taints the domain)
     macs: dict[str, tuple[str, ...]] = field(default_factory=dict)  # normalized MAC -> canonical IPs
+    # bridge (or network's bridge) -> canonical prefixes a guest source's address must lie in; none: nothing allowed
+    allow: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -259,6 +263,8 @@ def _daemon(table: Mapping[str, Any]) -> DaemonConfig:
         values["metrics"] = _metrics(table["metrics"])
     if "log_format" in table:
         values["log_format"] = _choice(table, "log_format", "daemon", ("text", "json"))
+    if "control_group" in table:
+        values["control_group"] = _group(table["control_group"], "[daemon] control_group")
     for key in ("retry_timeout", "retry_interval", "device_added_window", "reconnect_max", "handoff_expiry"):
         if key in table:
             values[key] = _positive(table[key], f"[daemon] {key}")
@@ -316,7 +322,7 @@ def _ovs(table: Mapping[str, Any]) -> OvsConfig:
 
 
 def _addresses(table: Mapping[str, Any]) -> AddressesConfig:
-    _only_keys("addresses", table, ("sources", "agent_timeout", "guest_announce", "macs"))
+    _only_keys("addresses", table, ("sources", "agent_timeout", "guest_announce", "macs", "allow"))
     values: dict[str, Any] = {}
     if "sources" in table:
         values["sources"] = _address_sources(table["sources"])
@@ -329,6 +335,8 @@ def _addresses(table: Mapping[str, Any]) -> AddressesConfig:
         values["guest_announce"] = value
     if "macs" in table:
         values["macs"] = _address_macs(table["macs"])
+    if "allow" in table:
+        values["allow"] = _address_allow(table["allow"])
     return AddressesConfig(**values)
 
 
@@ -374,7 +382,53 @@ def _address_macs(value: Any) -> dict[str, tuple[str, ...]]:
     return macs
 
 
+def _address_allow(value: Any) -> dict[str, tuple[str, ...]]:
+    """[addresses.allow]: bridge -> the prefixes inside which a guest source may name addresses."""
+    import ipaddress
+
+    if not isinstance(value, dict):
+        raise InputError(f"key [addresses] allow: expected a table [addresses.allow], got {_shown(value)}")
+    allow: dict[str, tuple[str, ...]] = {}
+    for bridge, prefixes in value.items():
+        key = f"[addresses.allow] {bridge if bridge.isprintable() and len(bridge) <= 40 else _shown(bridge)}"
+        _check_ifname(bridge, f"key {key}: the bridge name")
+        if not isinstance(prefixes, list) or not all(isinstance(item, str) for item in prefixes):
+            raise InputError(f'key {key}: expected a list of prefixes such as ["192.0.2.0/24", "2001:db8::/64"], got {_shown(prefixes)}')
+        if len(prefixes) > MAX_ALLOWED_PREFIXES:
+            raise InputError(f"key {key}: {len(prefixes)} prefixes, at most {MAX_ALLOWED_PREFIXES} per bridge")
+        canonical: list[str] = []
+        for index, text in enumerate(prefixes):
+            try:
+                network = ipaddress.ip_network(text.strip(), strict=True)
+            except ValueError as exc:
+                hint = ""
+                if "host bits set" in str(exc):
+                    hint = f": did you mean {ipaddress.ip_network(text.strip(), strict=False)}?"
+                raise InputError(f"key {key}[{index}]: {_shown(text)} is not a prefix such as 192.0.2.0/24 ({one_line(str(exc))}){hint}") from None
+            if str(network) not in canonical:
+                canonical.append(str(network))
+        allow[bridge] = tuple(canonical)
+    return allow
+
+
 _ENDPOINT = re.compile(r"^(unix:/\S+|tcp:[^\s:]+:[0-9]{1,5}|tcp:\[[0-9a-fA-F:]+\]:[0-9]{1,5})$")
+
+
+def _group(value: Any, key: str) -> str | None:
+    """The name of a group that exists on this host ("" for none): a typo must not start a daemon
+    whose socket quietly answers root only."""
+    import grp
+
+    if not isinstance(value, str) or any(c.isspace() or c in ":,\0" for c in value):
+        raise InputError(f'key {key}: expected a group name such as "libvirt", or "" for none, got {_shown(value)}')
+    if not value:
+        return None
+    try:
+        grp.getgrnam(value)
+    except KeyError:
+        raise InputError(f"key {key}: no group {value!r} on this host (getent group {value} finds none): "
+                         "create it or name another") from None
+    return value
 
 
 def hook_timeout(value: Any, label: str, high: float) -> float:

@@ -5,6 +5,12 @@ Requests (hooks/qemu speaks this too, with the standard library only): {"op": "p
 "source": "hook"}, {"op": "claimed", "uuid": UUID} (does the daemon follow that arrival?).
 A malformed, oversized or slow request gets {"ok": false, "error": "..."}; nothing a client
 sends can stop the daemon.
+
+Who may ask: the socket is 0600 (0660 and of the group when [daemon] control_group names one),
+and besides that mode the daemon checks each peer's credentials as the kernel recorded them at
+connect(2) (SO_PEERCRED, SO_PEERGROUPS: socket(7), unix(7)): root, the daemon's own user, or a
+member of control_group. A hand-off makes the daemon announce a guest's addresses, so a socket
+left reachable by mistake (a chmod, an ACL, a bind mount) must still not take anyone's word.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,17 +35,24 @@ MAX_CLIENTS = 64  # at once; the hook's hand-off lasts milliseconds
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 _log = logging.getLogger("rarp_announce.daemon")
+# Linux's SO_PEERGROUPS (asm-generic/socket.h, Linux 4.13); Python's socket module may not name it.
+_SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)
+_PEER_GROUPS_BYTES = 1024  # the most CPython's getsockopt reads: 256 groups
+_REFUSED_REMEMBERED = 1024  # refused peers logged once each; past this many the memory starts over
 
 
 class ControlServer:
-    """An asyncio Unix stream server; `handler` answers each parsed request."""
+    """An asyncio Unix stream server; `handler` answers each parsed request from an allowed peer."""
 
-    def __init__(self, path: str, handler: Handler) -> None:
+    def __init__(self, path: str, handler: Handler, *, group: str | None = None) -> None:
         self.path = path
         self._handler = handler
         self._server: asyncio.AbstractServer | None = None
         # Every client's task, oldest first -> still reading its request line (evictable).
         self._clients: dict[asyncio.Task[None], bool] = {}
+        self.group = group  # [daemon] control_group: its members may ask too
+        self._gid: int | None = None
+        self._refused: set[int] = set()  # uids refused and logged already
 
     async def start(self) -> None:
         check_socket_path(self.path)
@@ -58,6 +72,35 @@ class ControlServer:
         finally:
             os.umask(old)
         os.chmod(self.path, 0o600)
+        self.set_group(self.group)
+
+    def set_group(self, group: str | None) -> None:
+        """Let `group` (None: nobody but root) use the socket: its mode, its group, the peer check.
+
+        Giving the socket to a group needs CAP_CHOWN (the daemon is not a member of it); without
+        it the socket stays root's 0600 and one line says so, the daemon runs on.
+        """
+        import grp
+
+        self.group, self._gid = group, None
+        if group is not None:
+            try:
+                self._gid = grp.getgrnam(group).gr_gid
+            except KeyError:
+                _log.warning("[daemon] control_group %r: no such group any more: the control socket answers root only",
+                             group)
+        if self._server is None:
+            return
+        owner_gid = self._gid if self._gid is not None else os.getegid()
+        try:
+            os.chmod(self.path, 0o600)  # first: never a moment where the old group keeps access
+            if os.stat(self.path).st_gid != owner_gid:
+                os.chown(self.path, -1, owner_gid)
+            if self._gid is not None:
+                os.chmod(self.path, 0o660)
+        except OSError as exc:
+            _log.warning("cannot give the control socket %s to group %s: %s: it answers root only; "
+                         "[daemon] control_group needs CAP_CHOWN (see the unit)", self.path, group or "root", exc.strerror)
 
     async def close(self) -> None:
         if self._server is None:
@@ -70,6 +113,11 @@ class ControlServer:
             os.unlink(self.path)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        refusal = self._refusal(writer.get_extra_info("socket"))
+        if refusal is not None:
+            writer.write(json.dumps(_error(refusal)).encode() + b"\n")
+            writer.close()
+            return
         task = asyncio.current_task()
         assert task is not None
         if len(self._clients) >= MAX_CLIENTS and not self._evict_oldest_reading():
@@ -86,6 +134,25 @@ class ControlServer:
         finally:
             self._clients.pop(task, None)
             writer.close()
+
+    def _refusal(self, sock: Any) -> str | None:
+        """None when the peer may ask (root, our own user, or in control_group), else the answer's error."""
+        try:
+            pid, uid, gid = peer_credentials(sock)
+        except OSError as exc:
+            return f"cannot check who is asking: {exc.strerror}"
+        if uid in (0, os.geteuid()):
+            return None
+        if self._gid is not None and (gid == self._gid or self._gid in peer_groups(sock)):
+            return None
+        allowed = f"root and group {self.group} ([daemon] control_group)" if self._gid is not None else "root"
+        if uid not in self._refused:  # once per peer: a client retrying in a loop must not flood the log
+            if len(self._refused) >= _REFUSED_REMEMBERED:
+                self._refused.clear()
+            self._refused.add(uid)
+            _log.warning("control socket: refused uid %d gid %d (pid %d): only %s may use it", uid, gid, pid, allowed)
+        return (f"permission denied: uid {uid} may not use this control socket: it answers {allowed} only"
+                + ("" if self._gid is not None else "; set [daemon] control_group to let a group in"))
 
     def _evict_oldest_reading(self) -> bool:
         """Make room for a newcomer: the oldest client that has not sent its request yet goes.
@@ -130,6 +197,22 @@ class ControlServer:
         except Exception as exc:  # a bug must cost one request, never the daemon
             _log.exception("control request %r failed", request.get("op"))
             return _error(f"internal error: {type(exc).__name__}: {exc}")
+
+
+def peer_credentials(sock: Any) -> tuple[int, int, int]:
+    """(pid, uid, gid) of a connected Unix socket's peer, as the kernel recorded them at connect(2)."""
+    size = struct.calcsize("3i")
+    return struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, size))
+
+
+def peer_groups(sock: Any) -> frozenset[int]:
+    """The peer's supplementary groups at connect(2) (SO_PEERGROUPS); empty when the kernel has
+    none to tell or the peer is in more than 256 (then only its primary group counts)."""
+    try:
+        data = sock.getsockopt(socket.SOL_SOCKET, _SO_PEERGROUPS, _PEER_GROUPS_BYTES)
+    except OSError:
+        return frozenset()
+    return frozenset(struct.unpack(f"{len(data) // 4}I", data[: len(data) // 4 * 4]))
 
 
 def _error(message: str) -> dict[str, Any]:

@@ -19,11 +19,18 @@ bridge, `manual` for `rarp-announce send`."""
 VlanSource = Literal["xml", "ovsdb", "cli"]
 """Who said which VLAN the MAC lives in: the domain XML, the OVS database, or the operator."""
 
-AddressSource = Literal["metadata", "config", "lease", "arp", "agent", "cli"]
-"""Who said the guest has an IP address: the domain's <metadata>, the config file, libvirt's
-DHCP leases, the host's ARP table, the guest agent, or the operator."""
+AddressSource = Literal["metadata", "config", "nwfilter", "lease", "arp", "agent", "cli"]
+"""Who said the guest has an IP address. The one list of names; resolve.sources says who vouches
+for each, and checks on import that its table names exactly these."""
+
+RefusalReason = Literal["not_allowed", "host_address", "next_hop", "other_mac", "other_guest"]
+"""Why the policy (resolve.trust) refused an address a guest source named: the metric's labels."""
 
 FrameType = Literal["rarp", "garp", "na"]
+
+StepType = Literal["rarp", "garp", "na", "fdb"]
+"""What one step of a round did: sent a frame of that type, or (`fdb`) pointed the host bridge's
+forwarding entry for the guest's MAC at the guest's own port before the target's first frame."""
 
 TargetKey = tuple[str, str, "int | None"]
 """(MAC, route, VLAN): a target asked for twice while its schedule runs joins that schedule."""
@@ -41,6 +48,20 @@ class Address:
 
 
 @dataclass(frozen=True)
+class RefusedAddress:
+    """An address a guest-vouched source named for a vNIC and the policy refused: never announced."""
+
+    mac: str
+    ip: str
+    source: AddressSource
+    reason: RefusalReason
+    detail: str  # one line for people: which rule, and what on this host it matched
+
+    def record(self) -> dict[str, str]:
+        return {"mac": self.mac, "ip": self.ip, "source": self.source, "reason": self.reason, "detail": self.detail}
+
+
+@dataclass(frozen=True)
 class OvsPort:
     """The guest's own port on an Open vSwitch bridge: frames are injected as if it sent them."""
 
@@ -50,13 +71,29 @@ class OvsPort:
 
 
 @dataclass(frozen=True)
+class BridgePort:
+    """The guest's own port (its tap) on a Linux bridge of this host.
+
+    A Linux bridge learns a source MAC only from frames entering one of its ports, never from a
+    frame its own bridge device sends (net/bridge/br_input.c learns in br_handle_frame_finish;
+    br_dev_xmit does not). On the destination it has usually learned the guest's MAC on its
+    uplink from earlier floods, so before the first frame the bridge's FDB entry for the MAC is
+    pointed at this port, as QEMU's own RARP entering through the tap would have done.
+    """
+
+    bridge: str
+    name: str
+
+
+@dataclass(frozen=True)
 class Target:
     """One announcement destination: this MAC, reaching the network through this route, in this VLAN.
 
     For a Linux device `device` is where a packet socket writes the frame, tagged with `vlan`.
     For an OVS port (`ovs` set) `device` is the bridge and the frame enters through the guest's
     port; `tagged` False means the port is an access port that adds `vlan` itself, so the frame
-    leaves untagged, exactly as the guest would send it.
+    leaves untagged, exactly as the guest would send it. `bridge_port` set: `device` is (or
+    forwards to) a Linux bridge whose FDB entry for the MAC is pointed at the guest's port first.
     """
 
     mac: str  # lower-case, colon-separated
@@ -69,6 +106,11 @@ class Target:
     tagged: bool = True
     vlan_source: VlanSource = "xml"
     addresses: tuple[Address, ...] = ()
+    bridge_port: BridgePort | None = None
+    # Of `addresses`, those the operator or the host's control plane vouches for: written as
+    # neighbour entries on the destination's SVI at the arrival (EVPN MAC+IP routes), never a
+    # guest-claimed one.
+    neighbours: tuple[str, ...] = ()
 
     @property
     def route(self) -> str:
@@ -95,6 +137,10 @@ class Target:
         }
         if self.ovs is not None:
             entry.update(port=self.ovs.name, ofport=self.ovs.ofport, tagged=self.tagged)
+        if self.bridge_port is not None:
+            entry.update(bridge=self.bridge_port.bridge, port=self.bridge_port.name)
+            if self.neighbours:
+                entry["neighbours"] = list(self.neighbours)
         if self.vlan is not None:
             entry["vlan_source"] = self.vlan_source
         entry["addresses"] = [address.record() for address in self.addresses]
@@ -124,6 +170,7 @@ class Resolution:
     domain: str | None = None
     uuid: str | None = None
     notes: list[str] = field(default_factory=list)  # resolution-wide remarks (OVSDB unreachable, ...)
+    refused: list[RefusedAddress] = field(default_factory=list)  # guest-reported addresses not announced
 
     def record(self) -> dict[str, object]:
         """The JSON shape of `rarp-announce targets --json`."""
@@ -136,6 +183,8 @@ class Resolution:
         result: dict[str, object] = {"targets": targets, "skipped": [s.record() for s in self.skipped]}
         if self.notes:
             result["notes"] = list(self.notes)
+        if self.refused:
+            result["refused"] = [refused.record() for refused in self.refused]
         return result
 
 
@@ -150,7 +199,8 @@ class Frame:
 
 @dataclass(frozen=True)
 class FrameEvent:
-    """One frame that left (error None) or could not (error says why)."""
+    """One frame that left (error None) or could not (error says why); with type `fdb`, the
+    bridge FDB step before a target's first frame (`detail` says what it did)."""
 
     t: float  # seconds since its announcement started
     target: Target
@@ -159,5 +209,6 @@ class FrameEvent:
     trigger: str
     domain: str | None
     error: str | None = None
-    type: FrameType = "rarp"
+    type: StepType = "rarp"
     address: str | None = None
+    detail: str | None = None

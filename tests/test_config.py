@@ -265,7 +265,7 @@ def test_addresses_defaults(tmp_path):
     addresses = load_config(write(tmp_path, "")).addresses
     assert addresses == AddressesConfig()
     # the guest agent is opt-in: qemu-guest-agent may never answer
-    assert addresses.sources == ("metadata", "config", "lease", "arp")
+    assert addresses.sources == ("metadata", "config", "nwfilter", "lease")
     assert (addresses.agent_timeout, addresses.guest_announce, addresses.macs) == (2.0, False, {})
     assert load_config(write(tmp_path, "[addresses]\nsources = []\n")).addresses.sources == ()
     assert load_config(write(tmp_path, "[addresses]\nagent_timeout = 3\n")).addresses.agent_timeout == 3.0
@@ -275,10 +275,10 @@ def test_addresses_defaults(tmp_path):
     "text, message",
     [
         ("addresses = 1", "key addresses: expected a table [addresses], got 1"),
-        ("[addresses]\nsource = []", "unknown key [addresses] source: expected one of sources, agent_timeout, guest_announce, macs"),
-        ('[addresses]\nsources = "lease"', "key [addresses] sources: expected a list such as ['metadata', 'config', 'lease', 'arp'], got 'lease'"),
-        ('[addresses]\nsources = ["lease", "dhcp"]', "key [addresses] sources[1]: expected one of metadata, config, lease, arp, agent, got 'dhcp'"),
-        ('[addresses]\nsources = ["lease", 3]', "key [addresses] sources[1]: expected one of metadata, config, lease, arp, agent, got 3"),
+        ("[addresses]\nsource = []", "unknown key [addresses] source: expected one of sources, agent_timeout, guest_announce, macs, allow"),
+        ('[addresses]\nsources = "lease"', "key [addresses] sources: expected a list such as ['metadata', 'config', 'nwfilter', 'lease'], got 'lease'"),
+        ('[addresses]\nsources = ["lease", "dhcp"]', "key [addresses] sources[1]: expected one of metadata, config, nwfilter, lease, arp, agent, got 'dhcp'"),
+        ('[addresses]\nsources = ["lease", 3]', "key [addresses] sources[1]: expected one of metadata, config, nwfilter, lease, arp, agent, got 3"),
         ('[addresses]\nsources = ["arp", "lease", "arp"]', "key [addresses] sources[2]: 'arp' is listed twice"),
         ("[addresses]\nagent_timeout = 0", "key [addresses] agent_timeout: expected a number of seconds, 0 < s <= 60, got 0"),
         ("[addresses]\nagent_timeout = -1.5", "key [addresses] agent_timeout: expected a number of seconds, 0 < s <= 60, got -1.5"),
@@ -304,7 +304,31 @@ def test_addresses_defaults(tmp_path):
          "key [addresses.macs] 52-54-00-12-34-56: the same MAC as key '52:54:00:12:34:56'; merge the two lists"),
         ('[addresses.macs]\n"52:54:00:12:34:56" = [' + ", ".join(f'"10.0.0.{i}"' for i in range(1, 66)) + "]",
          "key [addresses.macs] 52:54:00:12:34:56: 65 addresses, at most 64 per MAC"),
+        ("[addresses]\nallow = 1", "key [addresses] allow: expected a table [addresses.allow], got 1"),
+        ('[addresses.allow]\n"br 0" = ["192.0.2.0/24"]', "key [addresses.allow] br 0: the bridge name: expected a network device name"),
+        ('[addresses.allow]\nbr0 = "192.0.2.0/24"', 'key [addresses.allow] br0: expected a list of prefixes such as ["192.0.2.0/24", "2001:db8::/64"], got \'192.0.2.0/24\''),
+        ('[addresses.allow]\nbr0 = ["192.0.2.5/24"]', "key [addresses.allow] br0[0]: '192.0.2.5/24' is not a prefix such as 192.0.2.0/24 (192.0.2.5/24 has host bits set): did you mean 192.0.2.0/24?"),
+        ('[addresses.allow]\nbr0 = ["gateway"]', "key [addresses.allow] br0[0]: 'gateway' is not a prefix such as 192.0.2.0/24"),
+        ("[addresses.allow]\nbr0 = [" + ", ".join(f'"10.{i}.0.0/16"' for i in range(257)) + "]",
+         "key [addresses.allow] br0: 257 prefixes, at most 256 per bridge"),
     ],
 )
 def test_broken_addresses_keys_are_named_in_one_line(tmp_path, text, message):
     check_named_in_one_line(tmp_path, text, message)
+
+
+def test_allowed_prefixes_are_canonical_per_bridge(tmp_path):
+    text = '[addresses]\nsources = ["metadata", "arp", "agent"]\n[addresses.allow]\nbr0 = ["192.0.2.0/24", "2001:DB8:0::/64", "192.0.2.0/24"]\nvirbr0 = []\n'
+    addresses = load_config(write(tmp_path, text)).addresses
+    assert addresses.sources == ("metadata", "arp", "agent")
+    assert addresses.allow == {"br0": ("192.0.2.0/24", "2001:db8::/64"), "virbr0": ()}
+    assert AddressesConfig().allow == {}  # unset: no guest-reported address is allowed anywhere
+
+
+def test_sources_derive_from_the_one_table():
+    from rarp_announce.resolve import sources
+
+    assert config_module.ADDRESS_SOURCES == tuple(s.name for s in sources.SOURCES if s.name != "cli")
+    # the defaults hold no source only the guest vouches for
+    assert [sources.vouched_by(name) for name in config_module.DEFAULT_ADDRESS_SOURCES] == ["operator", "operator", "operator", "host"]
+    assert sorted(sources.GUEST) == ["agent", "arp"]

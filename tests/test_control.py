@@ -216,3 +216,160 @@ def test_the_real_hook_hands_off_to_the_daemon_which_announces_at_the_resume(lab
     assert done.returncode == 0 and done.stdout == b""
     assert incoming == ["hooked"]
     assert "handed off to the daemon" in (lab.tmp / "hook.log").read_text()
+
+
+# ---- who may ask: SO_PEERCRED / SO_PEERGROUPS, with real unprivileged peers -------------------------
+
+_CLIENT = r"""
+import os, socket, sys
+uid, gid, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[4]
+os.setgroups([int(g) for g in sys.argv[3].split(",") if g])
+os.setresgid(gid, gid, gid)
+os.setresuid(uid, uid, uid)
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+sock.settimeout(10)
+try:
+    sock.connect(path)
+except PermissionError:
+    print("EACCES")
+    raise SystemExit(0)
+try:
+    sock.sendall(b'{"op": "ping"}\n')
+except BrokenPipeError:
+    pass  # refused: the daemon answered and closed before reading
+data = b""
+while True:  # to the end: the daemon answers one line and closes
+    try:
+        chunk = sock.recv(65536)
+    except ConnectionResetError:
+        break  # closed with our request unread (unix(7) resets then), after the answer line
+    if not chunk:
+        break
+    data += chunk
+sys.stdout.write(data.decode())
+"""
+NOBODY = 65534
+
+
+def _ask_as(path: str, uid: int, gid: int, groups: tuple[int, ...] = ()) -> str:
+    """One ping from a child process that dropped to `uid`/`gid`/`groups` before connecting."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-I", "-c", _CLIENT, str(uid), str(gid), ",".join(map(str, groups)), path],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _a_group():
+    import grp
+
+    return next(g for g in grp.getgrall() if g.gr_gid not in (0, NOBODY) and g.gr_name)
+
+
+class _Serving:
+    """A ControlServer on its own loop thread, answering {"ok": true, "op": ...} to allowed peers."""
+
+    def __init__(self, path: str, group: str | None) -> None:
+        import threading
+
+        from rarp_announce.control import ControlServer
+
+        async def handler(message: dict) -> dict:
+            return {"ok": True, "op": message["op"]}
+
+        self.loop = asyncio.new_event_loop()
+        self.server = ControlServer(path, handler, group=group)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> "_Serving":
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+def _socket_dir():
+    import tempfile
+
+    from tests.conftest import require
+
+    require(os.geteuid() == 0, "needs root: the peers drop to other users")
+    directory = tempfile.mkdtemp(prefix="rac")
+    os.chmod(directory, 0o755)  # every peer may reach the socket; its own mode and the daemon decide
+    return directory
+
+
+def test_root_and_members_of_control_group_may_ask_nobody_else(caplog) -> None:
+    import logging
+    import shutil
+
+    group = _a_group()
+    directory = _socket_dir()
+    path = os.path.join(directory, "control.sock")
+    try:
+        with _Serving(path, group.gr_name), caplog.at_level(logging.WARNING, logger="rarp_announce.daemon"):
+            info = os.stat(path)
+            assert (stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid) == (0o660, 0, group.gr_gid)
+            assert request(path, {"op": "ping"}) == {"ok": True, "op": "ping"}  # root: this test
+            assert json.loads(_ask_as(path, NOBODY, group.gr_gid)) == {"ok": True, "op": "ping"}
+            assert json.loads(_ask_as(path, NOBODY, NOBODY, (group.gr_gid,))) == {"ok": True, "op": "ping"}
+            assert _ask_as(path, NOBODY, NOBODY) == "EACCES\n"  # the mode keeps a stranger out first
+            os.chmod(path, 0o666)  # a mistake (a chmod, an ACL): the daemon's own check still holds
+            answers = [_ask_as(path, NOBODY, NOBODY) for _ in range(3)]
+        refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    for answer in answers:
+        assert answer.count("\n") == 1, answer  # one error line, then the connection closed
+        reply = json.loads(answer)
+        assert reply["ok"] is False
+        assert reply["error"] == (f"permission denied: uid {NOBODY} may not use this control socket: it answers "
+                                  f"root and group {group.gr_name} ([daemon] control_group) only")
+    assert len(refused) == 1, refused  # once per peer, however often it retries
+    assert f"refused uid {NOBODY} gid {NOBODY}" in refused[0]
+
+
+def test_without_control_group_only_root_may_ask() -> None:
+    """As after a reload that removed [daemon] control_group (the daemon calls set_group)."""
+    import shutil
+
+    group = _a_group()
+    directory = _socket_dir()
+    path = os.path.join(directory, "control.sock")
+    try:
+        with _Serving(path, group.gr_name) as serving:
+            assert json.loads(_ask_as(path, NOBODY, group.gr_gid))["ok"] is True
+            serving.loop.call_soon_threadsafe(serving.server.set_group, None)
+            asyncio.run_coroutine_threadsafe(asyncio.sleep(0), serving.loop).result(10)  # after set_group ran
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600 and os.stat(path).st_gid == os.getegid()
+            assert _ask_as(path, NOBODY, group.gr_gid) == "EACCES\n"
+            os.chmod(path, 0o666)
+            reply = json.loads(_ask_as(path, NOBODY, group.gr_gid, (group.gr_gid,)))
+            assert request(path, {"op": "ping"}) == {"ok": True, "op": "ping"}
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    assert reply == {"ok": False, "error": f"permission denied: uid {NOBODY} may not use this control socket: it "
+                                           "answers root only; set [daemon] control_group to let a group in"}
+
+
+def test_control_group_must_name_a_group_of_this_host() -> None:
+    import pytest
+
+    from rarp_announce.config import parse_config
+    from rarp_announce.errors import InputError
+
+    group = _a_group().gr_name
+    assert parse_config({"daemon": {"control_group": group}}).daemon.control_group == group
+    assert parse_config({"daemon": {"control_group": ""}}).daemon.control_group is None
+    assert parse_config({}).daemon.control_group is None
+    with pytest.raises(InputError, match=r"key \[daemon\] control_group: no group 'no-such-group-17' on this host"):
+        parse_config({"daemon": {"control_group": "no-such-group-17"}})
+    with pytest.raises(InputError, match="expected a group name"):
+        parse_config({"daemon": {"control_group": 100}})

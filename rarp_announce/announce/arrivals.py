@@ -83,6 +83,7 @@ class Arrival:
     resolution: Resolution | None = None
     problems: dict[str, str] = field(default_factory=dict)  # route -> why it cannot carry frames now
     announced: set[TargetKey] = field(default_factory=set)
+    claimed: set[TargetKey] = field(default_factory=set)  # announced with their Linux bridge port known
     # (MAC, route) -> since (monotonic), reason: by route, so a port that is wired into another
     # VLAN than its placeholder had still counts as the same wait ending.
     waiting: dict[tuple[str, str], tuple[float, str]] = field(default_factory=dict)
@@ -221,6 +222,7 @@ class ArrivalTable:
         renew = set(renew_macs)
         if renew:
             entry.announced = {key for key in entry.announced if key[0] not in renew}
+            entry.claimed = {key for key in entry.claimed if key[0] not in renew}
             entry.gave_up = {key: why for key, why in entry.gave_up.items() if key[0] not in renew}
         if entry._reconciling:
             entry._dirty = True
@@ -341,6 +343,13 @@ class ArrivalTable:
         ready = [t for t in todo if t.route not in problems]
         first = not entry.announced
         self._announce(entry, ready, entry.trigger if first else (trigger or "retry"))
+        # Announced from an XML that named no tap (a hook's migratable XML): the live one does,
+        # so the bridge FDB step the first round could not take is taken now, once.
+        unclaimed = [t for t in resolution.targets if t.bridge_port is not None and t.key in entry.announced
+                     and t.key not in entry.claimed]
+        if unclaimed:
+            entry.claimed.update(t.key for t in unclaimed)
+            self.announcer.claim(unclaimed, trigger=trigger or "reconcile", domain=entry.name)
         self._track_waiting(entry, now)
 
     async def _resolve(self, entry: Arrival, xml: str | bytes) -> Resolution | None:
@@ -374,6 +383,7 @@ class ArrivalTable:
         # The latency that matters is the arrival's: event -> its first round on the wire.
         latency = now - entry.seen if entry.seen is not None and not entry.announced else None
         entry.announced.update(t.key for t in fresh)
+        entry.claimed.update(t.key for t in fresh if t.bridge_port is not None)
         for target in fresh:
             waited = entry.waiting.pop((target.mac, target.route), None)
             if waited is not None:
@@ -504,4 +514,4 @@ def _resolution_problem(entry: Arrival, target: Target) -> bool:
 
 def _summary(resolution: Resolution) -> tuple[object, ...]:
     return (tuple(resolution.targets), tuple(resolution.skipped), tuple(sorted(resolution.problems.items())),
-            tuple(resolution.notes))
+            tuple(resolution.notes), tuple(resolution.refused))

@@ -14,6 +14,7 @@ from rarp_announce.cli import hook as _hook  # noqa: F401  (registers hook insta
 from rarp_announce.cli import resolve as _resolve  # noqa: F401  (registers targets, domain)
 from rarp_announce.cli import daemon as _daemon  # noqa: F401  (registers daemon, status)
 from rarp_announce.cli import lab as _lab  # noqa: F401  (registers lab up|migrate|down|demo)
+from rarp_announce.cli import doctor as _doctor  # noqa: F401  (registers doctor)
 from rarp_announce.errors import AnnounceError
 
 __all__ = ["app", "main"]

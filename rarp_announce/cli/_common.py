@@ -126,12 +126,30 @@ app = _App(
         "Example: rarp-announce send 52:54:00:12:34:56 --iface br0 --vlan 100"
     ),
     no_args_is_help=True,
-    add_completion=False,
+    # typer's own --install-completion / --show-completion: --help imports the same modules with
+    # it as without, and its time stays within the noise (20 runs each, ~80 ms median).
+    add_completion=True,
     pretty_exceptions_enable=False,
     # Plain click help: rich would add ~100 ms to every --help for colours.
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from rarp_announce import __version__
+
+        typer.echo(f"rarp-announce {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", is_eager=True, callback=_print_version,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """The options before any command (typer calls this, then the command)."""
 
 
 def fail(error: AnnounceError) -> NoReturn:
@@ -185,13 +203,27 @@ def make_sink(pcap: str | None, dry_run: bool, config: Config) -> Sink:
 
 
 class FrameTally:
-    """A frame observer: how many frames left, and why each failed one did not."""
+    """A frame observer: how many frames left, why each failed one did not, and what each bridge
+    FDB step did (a refused one is a failure too: the guest stays unreachable from this host's
+    bridge, though its frames went out)."""
 
     def __init__(self) -> None:
         self.sent = 0
         self.failures: list[str] = []
+        self.fdb: list[str] = []
 
     def __call__(self, event: FrameEvent) -> None:
+        if event.type == "fdb":
+            port = event.target.bridge_port
+            where = f"{port.bridge}:{port.name}" if port is not None else event.target.route
+            if event.error:
+                self.failures.append(f"bridge FDB for {event.target.mac} on {where} not written "
+                                     f"(the frames were sent): {event.error}")
+            else:
+                line = f"bridge FDB on {where}: {event.detail}"
+                if line not in self.fdb:  # a trunk's VLANs share one entry on a bridge without VLAN filtering
+                    self.fdb.append(line)
+            return
         if event.error:
             self.failures.append(f"{route_label(event.target)}: {event.error}")
         else:
@@ -281,5 +313,7 @@ def run_announcement(
     finally:
         sink.close()
     if not as_json and not isinstance(sink, DryRunSink):
+        for line in tally.fdb:
+            emit_line(sys.stdout, line)
         emit_line(sys.stdout, summary_line(targets, sink, tally.sent, schedule))
     return report_failures(tally)

@@ -15,7 +15,7 @@ from rarp_announce.announce.arrivals import Arrival, ArrivalTable, Observer
 from rarp_announce.announce.engine import Announcer
 from rarp_announce.cli._common import FrameTally, report_failures, route_label, summary_line
 from rarp_announce.errors import AnnounceError, InputError
-from rarp_announce.model import Resolution, Target
+from rarp_announce.model import RefusedAddress, Resolution, Target
 
 if TYPE_CHECKING:
     from rarp_announce.config import Config
@@ -27,12 +27,19 @@ class _Report(Observer):
 
     def __init__(self) -> None:
         self.failed: dict[str, str] = {}
+        self.refused: set[RefusedAddress] = set()
 
     def resolved(self, arrival: Arrival, resolution: Resolution) -> None:
         for skipped in resolution.skipped:
             typer.echo(f"rarp-announce: note: skipped {skipped.interface} ({skipped.kind}): {skipped.reason}", err=True)
         for note in resolution.notes:
             typer.echo(f"rarp-announce: note: {note}", err=True)
+        for refused in resolution.refused:
+            if refused in self.refused:
+                continue  # said once: a retry's resolution repeats it
+            self.refused.add(refused)
+            typer.echo(f"rarp-announce: note: refused {refused.mac} {refused.ip} ({refused.source}): "
+                       f"{refused.reason}: {refused.detail}", err=True)
 
     def resolve_failed(self, arrival: Arrival, error: str) -> None:
         typer.echo(f"rarp-announce: error: domain {arrival.name!r}: {error}", err=True)
@@ -110,5 +117,7 @@ async def announce_domain(dom: Any, document: str, config: Config, conn: Any, si
     if not announced:
         raise AnnounceError(f"domain {name!r} has nothing to announce: every device is missing or down")
     if not as_json and not isinstance(sink, DryRunSink):
+        for line in tally.fdb:
+            emit_line(sys.stdout, line)
         emit_line(sys.stdout, summary_line(announced, sink, tally.sent, config.schedule))
     return report_failures(tally) or (1 if report.failed or len(announced) < len(entry.targets) else 0)

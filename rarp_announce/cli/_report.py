@@ -12,7 +12,9 @@ from rarp_announce.textio import emit_line
 
 
 def frame_record(event: FrameEvent) -> dict[str, object]:
-    """The JSON shape of one frame: {"t", "mac", "device", "vlan", "round", "burst", "type", ...}."""
+    """The JSON shape of one frame: {"t", "mac", "device", "vlan", "round", "burst", "type", ...};
+    type "fdb" is the bridge FDB step before a target's first frame, with "bridge", "port" and
+    "detail" (what it did) or "error"."""
     target = event.target
     record: dict[str, object] = {
         "t": round(event.t, 6),
@@ -30,6 +32,10 @@ def frame_record(event: FrameEvent) -> dict[str, object]:
         record["ip"] = event.address
     if event.domain is not None:
         record["domain"] = event.domain
+    if target.bridge_port is not None and event.type == "fdb":
+        record.update(bridge=target.bridge_port.bridge, port=target.bridge_port.name)
+    if event.detail is not None:
+        record["detail"] = event.detail
     if event.error is not None:
         record["error"] = event.error
     return record

@@ -91,7 +91,8 @@ def status(
         typer.echo(json.dumps(state, indent=2, sort_keys=True))
         return
     connection = state.get("connection", {})
-    typer.echo(f"daemon pid {state.get('pid')}  libvirt {state.get('uri')}: {connection.get('state')}"
+    version = f"rarp-announce {state['version']}" if state.get("version") else "rarp-announce (version unknown)"
+    typer.echo(f"{version}  daemon pid {state.get('pid')}  libvirt {state.get('uri')}: {connection.get('state')}"
                f" (reconnects {connection.get('reconnects', 0)})")
     if connection.get("last_error"):
         typer.echo(f"  last error: {connection['last_error']}")

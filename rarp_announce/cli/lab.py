@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -31,9 +31,11 @@ app.add_typer(lab_app, name="lab")
 
 ModeOpt = Annotated[str, typer.Option("--mode", help="Who announces: daemon (rarp-announce daemon per host), hook (only the libvirt hook), both (daemon + hook hand-off), cli (the lab runs `rarp-announce domain`), none (control: nothing moves).")]
 TcgOpt = Annotated[bool, typer.Option("--tcg", help="Use TCG even when /dev/kvm works.")]
-QemuRarpOpt = Annotated[str, typer.Option("--qemu-rarp", help="drop: QEMU's own RARPs are dropped on the Linux bridge (an unwired port); keep: they pass (both announcers at work).")]
+QemuRarpOpt = Annotated[str, typer.Option("--qemu-rarp", help="drop: QEMU's own RARPs are dropped where they enter the Linux bridge, before it learns from them (an unwired port); keep: they pass (both announcers at work).")]
 WiringOpt = Annotated[str, typer.Option("--wiring", help="late: the OVS port is plugged dead (VLAN 4095) and wired --rewire-delay s after the resume, as in OpenStack; immediate: wired during the migration.")]
 DelayOpt = Annotated[float, typer.Option("--rewire-delay", help="Seconds after the resume at which a late port is wired.", min=0.0, max=60.0)]
+FabricOpt = Annotated[str, typer.Option("--fabric", help="l2: br0 reaches the client through the switch; evpn: both hosts are EVPN-VXLAN VTEPs (FRR zebra + bgpd each, iBGP l2vpn evpn) and the client sits behind a third VTEP, so the fabric's type-2 routes must follow the guest (needs Debian's frr: make setup).")]
+GuestOpt = Annotated[str, typer.Option("--guest", help="firmware: a guest with no OS (64 MiB, KVM); tiny: a real tiny Linux (TCG) that counts the client's frames it receives on its serial console (built by `make setup`).")]
 
 
 def _check_mode(mode: str, qemu_rarp: str = "drop", wiring: str = "late") -> None:
@@ -47,6 +49,17 @@ def _check_mode(mode: str, qemu_rarp: str = "drop", wiring: str = "late") -> Non
         raise InputError(f"--wiring {wiring!r}: expected late or immediate")
 
 
+def _check_fabric(fabric: str) -> None:
+    if fabric not in ("l2", "evpn"):
+        raise InputError(f"--fabric {fabric!r}: expected l2 or evpn")
+    if fabric == "evpn":
+        from rarp_announce.lab.frr import frr_missing
+
+        why = frr_missing()
+        if why:
+            raise AnnounceError(why)
+
+
 def _check_root() -> None:
     if os.geteuid() != 0:
         raise AnnounceError("the lab needs root (network namespaces, libvirtd, raw sockets): run it with sudo")
@@ -58,7 +71,7 @@ def _say(text: str) -> None:
 
 @lab_app.command()
 def up(mode: ModeOpt = "daemon", tcg: TcgOpt = False, qemu_rarp: QemuRarpOpt = "drop", wiring: WiringOpt = "late",
-       rewire_delay: DelayOpt = 2.0) -> None:
+       rewire_delay: DelayOpt = 2.0, guest: GuestOpt = "firmware", fabric: FabricOpt = "l2") -> None:
     """Build the lab and leave it running (state in /tmp/rarp-announce-lab.json).
 
     Example: rarp-announce lab up --mode daemon && rarp-announce lab migrate
@@ -69,11 +82,14 @@ def up(mode: ModeOpt = "daemon", tcg: TcgOpt = False, qemu_rarp: QemuRarpOpt = "
     interrupt_as_exception()
     try:
         _check_mode(mode, qemu_rarp, wiring)
+        if guest not in ("firmware", "tiny"):
+            raise InputError(f"--guest {guest!r}: expected firmware or tiny")
+        _check_fabric(fabric)
         _check_root()
         if STATE_FILE.exists():
             raise AnnounceError(f"a lab is already up ({STATE_FILE}): run `rarp-announce lab down` first")
         lab = Lab(mode, kvm=False if tcg else None, narrate=_say, qemu_rarp=qemu_rarp,  # type: ignore[arg-type]
-                  wiring=wiring, rewire_delay=rewire_delay)  # type: ignore[arg-type]
+                  wiring=wiring, rewire_delay=rewire_delay, guest=guest, fabric=fabric)  # type: ignore[arg-type]
         lab.up()
         lab.save()
     except AnnounceError as error:
@@ -87,14 +103,15 @@ def up(mode: ModeOpt = "daemon", tcg: TcgOpt = False, qemu_rarp: QemuRarpOpt = "
 
 
 @lab_app.command()
-def migrate(count: Annotated[int, typer.Option("--count", "-n", help="Migrations, alternating direction.", min=1, max=1000)] = 1) -> None:
+def migrate(count: Annotated[int, typer.Option("--count", "-n", help="Migrations, alternating direction.", min=1, max=1000)] = 1,
+            timeline: Annotated[Optional[str], typer.Option("--timeline", metavar="DIR", help="Draw each migration as an SVG timeline in DIR (needs the plot extra).")] = None) -> None:
     """Live-migrate the guest to the other host COUNT times; check the switch FDB and our frames.
 
     Exit 1 when a migration did not move every MAC to the destination's switch port.
 
-    Example: rarp-announce lab migrate --count 4
+    Example: rarp-announce lab migrate --count 4 --timeline /tmp/timelines
     """
-    from rarp_announce.lab.demo import migration_story
+    from rarp_announce.lab.demo import draw_timeline, migration_story
     from rarp_announce.lab.session import STATE_FILE, Lab
     from rarp_announce.lab.teardown import interrupt_as_exception
 
@@ -110,6 +127,8 @@ def migrate(count: Annotated[int, typer.Option("--count", "-n", help="Migrations
             for _ in range(count):
                 record = lab.migrate()
                 migration_story(record, lab, _say)
+                if timeline is not None:
+                    _say(f"    timeline: {draw_timeline(record, timeline)}")
                 failed += not record.ok
         finally:
             lab.save()
@@ -152,23 +171,26 @@ def demo(
     qemu_rarp: QemuRarpOpt = "drop",
     wiring: WiringOpt = "late",
     rewire_delay: DelayOpt = 2.0,
+    fabric: FabricOpt = "l2",
+    timeline: Annotated[Optional[str], typer.Option("--timeline", metavar="DIR", help="Draw each migration as an SVG timeline in DIR (client frames sent, delivered, lost; RESUMED, QEMU's frames, ours, the FDB write, the wiring). Needs the plot extra: pip install 'rarp-announce[plot]'.")] = None,
 ) -> None:
     """Build the lab, migrate a few times telling what happens and why, then clean up.
 
-    Example: rarp-announce lab demo --migrations 4 --mode hook
+    Example: rarp-announce lab demo --migrations 4 --mode hook --timeline /tmp/timelines
     """
     from rarp_announce.lab.demo import run_demo
     from rarp_announce.lab.teardown import interrupt_as_exception
 
     try:
         _check_mode(mode, qemu_rarp, wiring)
+        _check_fabric(fabric)
         _check_root()
     except AnnounceError as error:
         fail(error)
     interrupt_as_exception()
     try:
         code = run_demo(migrations, mode, kvm=False if tcg else None, qemu_rarp=qemu_rarp, wiring=wiring,
-                        rewire_delay=rewire_delay)
+                        rewire_delay=rewire_delay, fabric=fabric, timeline=timeline)
     except (AnnounceError, OSError, RuntimeError) as error:
         fail(AnnounceError(f"lab demo failed: {error}"))
     raise typer.Exit(code)

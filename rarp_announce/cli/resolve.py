@@ -223,5 +223,7 @@ def _print_table(resolution: Resolution) -> None:
         typer.echo("no targets")
     for skipped in resolution.skipped:
         typer.echo(f"skipped {skipped.mac or '-'} {skipped.interface} ({skipped.kind or '?'}): {skipped.reason}")
+    for refused in resolution.refused:
+        typer.echo(f"refused {refused.mac} {refused.ip} ({refused.source}): {refused.reason}: {refused.detail}")
     for note in resolution.notes:
         typer.echo(f"note: {note}")

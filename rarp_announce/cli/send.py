@@ -38,7 +38,7 @@ def send(
     iface: Annotated[str, typer.Option("--iface", "-i", metavar="DEV", help="Host device the frames leave on (a Linux bridge or uplink, never a guest's vnetX tap); with --port, the Open vSwitch bridge.")],
     vlan: Annotated[Optional[int], typer.Option("--vlan", metavar="N", help="Tag the frames with this 802.1Q VLAN id (1..4094).")] = None,
     priority: Annotated[int, typer.Option("--priority", metavar="P", help="802.1p priority (0..7) in the tag; needs --vlan.")] = 0,
-    port: Annotated[Optional[str], typer.Option("--port", metavar="PORT", help="Open vSwitch: inject the frames as if the guest's port PORT of bridge --iface sent them (OpenFlow packet-out); an access port tags them itself, so give --vlan only for a trunk port.")] = None,
+    port: Annotated[Optional[str], typer.Option("--port", metavar="PORT", help="The guest's own port on bridge --iface. Linux bridge: its FDB entry for the MAC is first pointed at PORT (dynamic), since a bridge never learns from the frames its own device sends; then the frames leave --iface. Open vSwitch: the frames are injected as if PORT sent them (OpenFlow packet-out); an access port tags them itself, so give --vlan only for a trunk port.")] = None,
     ip: Annotated[Optional[list[str]], typer.Option("--ip", metavar="ADDR", help="Also announce this IPv4 (gratuitous ARP) or IPv6 (unsolicited neighbour advertisement) address of the MAC; repeatable; one MAC only.")] = None,
     config_path: ConfigOpt = None,
     initial: InitialOpt = None,
@@ -63,6 +63,8 @@ def send(
       rarp-announce send 5254.0012.3456 52:54:00:ab:cd:ef --iface bond0 --repeat 3 --json
 
       rarp-announce send 52:54:00:12:34:56 --iface br0 --ip 192.0.2.10 --ip 2001:db8::10
+
+      rarp-announce send 52:54:00:12:34:56 --iface br0 --port vnet0
 
       rarp-announce send 52:54:00:12:34:56 --iface br-int --port tap1d2e3f4a-5b
 
@@ -89,7 +91,7 @@ def _manual_targets(macs: list[str], iface: str, vlan: int | None, priority: int
     from rarp_announce.announce.frames import check_vlan
     from rarp_announce.ipaddr import parse_ip
     from rarp_announce.mac import normalize_mac
-    from rarp_announce.model import Address, OvsPort, Target
+    from rarp_announce.model import Address, BridgePort, OvsPort, Target
     from rarp_announce.names import check_ifname
 
     check_ifname(iface, "--iface")
@@ -103,10 +105,35 @@ def _manual_targets(macs: list[str], iface: str, vlan: int | None, priority: int
             _refuse_ovs_bridge(iface, config)
         return [Target(mac, iface, vlan, "manual", "", priority, addresses=addresses) for mac in normalized]
     check_ifname(port, "--port")
+    if _linux_bridge(iface, port, offline=offline):
+        bridge_port = BridgePort(iface, port)
+        return [Target(mac, iface, vlan, "manual", port, priority, addresses=addresses, bridge_port=bridge_port)
+                for mac in normalized]
     ofport = None if offline else _ovs_port_number(iface, port, config)
     ovs = OvsPort(iface, port, ofport)
     return [Target(mac, iface, vlan, "manual", port, priority, ovs=ovs, tagged=vlan is not None,
                    vlan_source="cli", addresses=addresses) for mac in normalized]
+
+
+def _linux_bridge(iface: str, port: str, *, offline: bool) -> bool:
+    """Whether --iface is a Linux bridge here (else --port is an OVS port). Sending for real, the
+    port must be one of its ports: an FDB entry on another device would say something false."""
+    import asyncio
+
+    from rarp_announce.netdev import links
+
+    found = asyncio.run(links([iface, port]))
+    bridge = found.get(iface)
+    if bridge is None or bridge.kind != "bridge":
+        return False
+    if not offline:
+        link = found.get(port)
+        if link is None:
+            raise InputError(f"--port {port}: no such device on this host (check: bridge link show master {iface})")
+        if link.master != iface:
+            where = f"a port of {link.master}" if link.master else "not a port of any bridge"
+            raise InputError(f"--port {port} is {where}, not of Linux bridge {iface}: give the guest's tap on {iface}")
+    return True
 
 
 def _refuse_ovs_bridge(iface: str, config: Config) -> None:

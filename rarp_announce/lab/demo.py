@@ -21,7 +21,9 @@ SR-IOV or vhost-user NICs. rarp-announce sends them itself, from the destination
 moment the guest resumes there, on the right bridge and VLAN.
 
 In this demo QEMU's own RARPs are lost on each host, as on a port that is not wired yet: an
-nft rule drops them on the Linux bridge, and the guest's Open vSwitch port is plugged "dead"
+nft rule drops them where they enter the Linux bridge (before it can learn the guest's MAC from
+them, so rarp-announce must point the bridge's own FDB entry at the guest's tap), and the
+guest's Open vSwitch port is plugged "dead"
 (VLAN 4095) and wired into its VLAN a few seconds after the guest resumed, as OpenStack does.
 So when the switch moves the VM's MACs to the new host's port, our frames alone did it. A
 client behind the switch sends the guest a frame every millisecond: the guest is back when
@@ -45,24 +47,45 @@ def migration_story(m: Migration, lab: Lab, write: Write) -> None:
     for line in _fdb_lines(m.fdb_before, lab):
         write(line)
     write(f"    live migration took {m.duration:.2f} s; the guest RESUMED on host {m.destination}")
-    write(f"    QEMU sent its own {m.qemu_frames} RARPs into host {m.destination}'s bridges: lost there "
-          "(nft on br0; the dead VLAN on ovsbr0)")
-    if m.rewiring is not None and m.rewiring.wired_at is not None and m.resumed is not None:
+    qemu_through = qemu_reaches_switch(lab)
+    for vnic in lab.guest.nics:
+        count = m.qemu_by_mac.get(vnic.mac, 0)
+        if not qemu_through[vnic.mac]:
+            fate = ("dropped at br0's ingress (nft prerouting), before br0 could learn from them" if not vnic.ovs
+                    else "lost in the dead VLAN 4095 of the unwired port")
+        else:
+            fate = "let through: the bridge learned the guest's MAC on its tap from them, and passed them on"
+        write(f"    QEMU sent {count} RARPs of {vnic.mac} into host {m.destination}'s {vnic.bridge} through the guest's "
+              f"tap: {fate}")
+    if lab.wiring == "late" and m.rewiring is not None and m.rewiring.wired_at is not None and m.resumed is not None:
         write(f"    the wiring agent moved OVS port {m.rewiring.port} from VLAN 4095 into its VLAN "
               f"{(m.rewiring.wired_at - m.resumed):.2f} s after the resume")
     if not m.frames:
-        write("    our frames at the switch: NONE (the announcer did not send)")
+        write("    frames at the switch from the destination: NONE (nobody announced)")
     else:
-        write(f"    our frames as the switch received them ({len(m.frames)}), time from our first frame:")
         first = m.first
         per_mac_index: dict[str, int] = {}
+        ours_only = [mac for mac, through in qemu_through.items() if not through]
+        mixed = [mac for mac, through in qemu_through.items() if through]
+        # Frames are told apart by where they entered: through the guest's tap (QEMU's) or from
+        # the host (ours). At the switch both have the same bytes, so only a MAC whose QEMU
+        # frames were lost on the host has frames that are ours alone there.
+        if ours_only:
+            write(f"    our frames as the switch received them ({sum(s.mac in ours_only for s in m.frames)}), "
+                  "time from our first frame:")
         for seen in sorted(m.frames, key=lambda s: s.time):
+            if seen.mac not in ours_only:
+                continue
             index = per_mac_index.get(seen.mac, 0)
             per_mac_index[seen.mac] = index + 1
             nominal = f"(QEMU schedule {NOMINAL_MS[index]:.0f} ms)" if index < len(NOMINAL_MS) else ""
             vlan = f"VLAN {seen.vlan:<3}" if seen.vlan else "untagged"
             write(f"      +{(seen.time - (first or seen.time)) * 1000:7.1f} ms  {seen.mac}  {vlan}  via port {seen.device:<5}"
                   f"  {len(seen.frame)} bytes {nominal}")
+        for mac in mixed:
+            frames = sum(s.mac == mac for s in m.frames)
+            write(f"    {mac}: {frames} frames at the switch, QEMU's and ours together (identical bytes: "
+                  "only the host tells them apart)")
         shape = "every frame has QEMU's exact bytes and tag" if not m.bad_frames else f"BAD FRAMES: {m.bad_frames[0]}"
         write(f"    checked with scapy: {shape}")
     write("    switch FDB after:")
@@ -71,11 +94,16 @@ def migration_story(m: Migration, lab: Lab, write: Write) -> None:
     verdict = "MOVED to the destination's ports" if all(m.moved[k] == v for k, v in m.expected.items()) else "NOT MOVED"
     write(f"    => every MAC {verdict}" if verdict.startswith("MOVED") else f"    => {verdict}: {m.moved}")
     for nic in m.nics.values():
-        where = f"learned on {nic.bridge_port}" if nic.bridge_port else "not learned (flooded)"
+        state = f", {nic.bridge_state}" if nic.bridge_state else ""
+        where = f"on {nic.bridge_port}{state}" if nic.bridge_port else "not in its FDB (flooded)"
         reached = f"{m.traffic_ms(nic.mac):.1f} ms after RESUMED" if nic.delivered is not None else "NEVER"
         guest_port = "the guest's port" if nic.on_guest_port else "NOT the guest's port"
         write(f"    {nic.mac} on host {m.destination}'s {nic.bridge}: {where} ({guest_port}); "
               f"client traffic reached the guest's tap {nic.tap}: {reached}")
+    if m.evpn:
+        from rarp_announce.lab.evpn import evpn_story
+
+        evpn_story(m.evpn, write)
     for ip, mac in m.router.items():
         learned = f"learned {ip} -> {mac}" if mac else f"did NOT learn {ip}"
         write(f"    the router behind the switch {learned} (from our gratuitous ARP / neighbour advertisement)")
@@ -89,13 +117,19 @@ def migration_story(m: Migration, lab: Lab, write: Write) -> None:
 
 
 def run_demo(migrations: int = 3, mode: str = "daemon", *, write: Write | None = None, kvm: bool | None = None,
-             qemu_rarp: str = "drop", wiring: str = "late", rewire_delay: float = 2.0) -> int:
-    """Build the lab, migrate back and forth `migrations` times telling what happens, clean up."""
+             qemu_rarp: str = "drop", wiring: str = "late", rewire_delay: float = 2.0, fabric: str = "l2",
+             timeline: str | None = None) -> int:
+    """Build the lab, migrate back and forth `migrations` times telling what happens, clean up;
+    with `timeline` (a folder), draw each migration there as an SVG (lab/timeline.py)."""
     def default_write(text: str) -> None:
         print(text, flush=True)
 
     write = write or default_write
     write(_INTRO)
+    if fabric == "evpn":
+        from rarp_announce.lab.evpn import EVPN_INTRO
+
+        write(EVPN_INTRO)
     started = time.monotonic()
     steps = 5
 
@@ -114,7 +148,7 @@ def run_demo(migrations: int = 3, mode: str = "daemon", *, write: Write | None =
         "guest": (4, "Starting the guest on host a"),
     }
     lab = Lab(mode, kvm=kvm, narrate=lambda text: write(f"      {text}"), phase=lambda name: step(*headings[name]),
-              qemu_rarp=qemu_rarp, wiring=wiring, rewire_delay=rewire_delay)  # type: ignore[arg-type]
+              qemu_rarp=qemu_rarp, wiring=wiring, rewire_delay=rewire_delay, fabric=fabric)  # type: ignore[arg-type]
     failures = 0
     try:
         lab.up()
@@ -124,6 +158,8 @@ def run_demo(migrations: int = 3, mode: str = "daemon", *, write: Write | None =
             write(f"  Migration {number}/{migrations}  " + _bar(number - 1, migrations))
             m = lab.migrate()
             migration_story(m, lab, write)
+            if timeline is not None:
+                write(f"    timeline: {draw_timeline(m, timeline)}")
             failures += not m.ok
         write("")
         write("  " + _bar(migrations, migrations))
@@ -138,15 +174,33 @@ def run_demo(migrations: int = 3, mode: str = "daemon", *, write: Write | None =
     return 1 if failures else 0
 
 
+def draw_timeline(record: Migration, folder: str) -> str:
+    """The SVG of one migration in `folder`, or why there is none (matplotlib is optional)."""
+    from rarp_announce.errors import AnnounceError
+    from rarp_announce.lab.timeline import write_timeline
+
+    try:
+        return str(write_timeline(record, f"{folder}/migration-{record.number}.svg"))
+    except (AnnounceError, OSError) as exc:
+        return f"not drawn: {exc}"
+
+
 def _bar(done: int, total: int, width: int = 20) -> str:
     filled = width * done // max(total, 1)
     return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
 
 
+def qemu_reaches_switch(lab: Lab) -> dict[str, bool]:
+    """MAC -> whether QEMU's own RARPs for it could leave the destination host in this lab's mode:
+    on br0 unless the nft rule drops them at ingress; on ovsbr0 unless the port is wired late."""
+    return {nic.mac: (lab.wiring != "late") if nic.ovs else (lab.qemu_rarp != "drop") for nic in lab.guest.nics}
+
+
 def _summary(lab: Lab, write: Write) -> None:
     ok = sum(m.ok for m in lab.migrations)
-    write(f"Summary: after {ok} of {len(lab.migrations)} migrations, traffic reached the guest on its new host "
-          "because of our frames alone.")
+    ours_alone = not any(qemu_reaches_switch(lab).values())
+    why = "because of our frames alone" if ours_alone else "(QEMU's own frames were let through too in this mode)"
+    write(f"Summary: after {ok} of {len(lab.migrations)} migrations, traffic reached the guest on its new host {why}.")
     stats = summary(lab.migrations)
 
     def fmt(key: str) -> str:

@@ -4,6 +4,9 @@ It sits in firmware (no bootable device) and migrates in about two seconds. Opti
 off so iPXE sends nothing: the only frames carrying its MACs are announcements. As with
 OpenStack's Neutron, the OVS vNIC's VLAN is not in the domain XML: the lab's wiring agent
 sets it on the port in OVSDB (agent.py).
+
+With `boot` (tinyguest.py), the guest runs a real tiny Linux instead, booted directly from a
+kernel and initramfs, that tallies the client's frames on its serial console.
 """
 
 from __future__ import annotations
@@ -38,11 +41,32 @@ class Nic:
 
 
 @dataclass(frozen=True)
+class DirectBoot:
+    """A kernel and initramfs QEMU boots directly (libvirt's <os><kernel>), its console on a file."""
+
+    kernel: str
+    initrd: str
+    cmdline: str
+    serial_log: str  # appended to by the source's QEMU, then the destination's
+    memory_mib: int = 96
+
+    def os_xml(self) -> str:
+        return (f"<os><type arch='x86_64' machine='pc'>hvm</type><kernel>{escape(self.kernel)}</kernel>"
+                f"<initrd>{escape(self.initrd)}</initrd><cmdline>{escape(self.cmdline)}</cmdline></os>")
+
+    def serial_xml(self) -> str:
+        # append='on': the destination's QEMU opens the same file after a migration and must not
+        # truncate what the source's wrote (libvirt formatdomain.html, "Relationship to host").
+        return f"\n    <serial type='file'><source path='{escape(self.serial_log)}' append='on'/><target port='0'/></serial>"
+
+
+@dataclass(frozen=True)
 class Guest:
     name: str
     nics: tuple[Nic, ...]
     kvm: bool
     uuid: str = field(default_factory=lambda: str(uuidlib.uuid4()))
+    boot: DirectBoot | None = None  # None: no OS, the guest sits in firmware
 
     @property
     def macs(self) -> list[str]:
@@ -58,9 +82,9 @@ class Guest:
         return f"""<domain type='{"kvm" if self.kvm else "qemu"}'>
   <name>{escape(self.name)}</name>
   <uuid>{self.uuid}</uuid>{metadata}
-  <memory unit='MiB'>64</memory>
+  <memory unit='MiB'>{self.boot.memory_mib if self.boot else 64}</memory>
   <vcpu>1</vcpu>
-  <os><type arch='x86_64' machine='pc'>hvm</type></os>
+  {self.boot.os_xml() if self.boot else "<os><type arch='x86_64' machine='pc'>hvm</type></os>"}
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
   <on_crash>destroy</on_crash>
@@ -68,7 +92,7 @@ class Guest:
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
-    <video><model type='none'/></video>{interfaces}
+    <video><model type='none'/></video>{interfaces}{self.boot.serial_xml() if self.boot else ""}
   </devices>
 </domain>
 """

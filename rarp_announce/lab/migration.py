@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING
 from rarp_announce.lab.agent import Rewiring
 
 if TYPE_CHECKING:
+    from rarp_announce.lab.evpn import EvpnMove
     from rarp_announce.lab.observe import Seen
+    from rarp_announce.lab.frametrace import MigrationTrace
 
 NOMINAL_MS = (0.0, 50.0, 200.0, 450.0, 800.0)
 
@@ -24,6 +26,7 @@ class NicOutcome:
     bridge: str  # br0 or ovsbr0
     tap: str | None = None  # the guest's tap on the destination (libvirt's live <target dev>)
     bridge_port: str | None = None  # where the destination's bridge has learned the MAC
+    bridge_state: str | None = None  # Linux bridge: dynamic, static or permanent (= local: swallowed by the host)
     bridge_vlan: int | None = None
     trace: str | None = None  # OVS: what ofproto/trace says a frame for the guest does
     delivered: float | None = None  # first client frame written to the guest's tap (wall clock)
@@ -33,10 +36,11 @@ class NicOutcome:
         """The destination's bridge sends the guest's traffic to the guest's tap (never LOCAL)."""
         if self.bridge == "ovsbr0":
             return self.bridge_port == self.tap and self.trace == "learned"
-        # A Linux bridge learns nothing from frames sent on the bridge device (ours), only from
-        # the guest's own (QEMU's RARP enters from the tap before the drop rule): the MAC is on
-        # the tap, or not learned and flooded to it.
-        return self.bridge_port in (self.tap, None)
+        # A Linux bridge learns nothing from frames sent on the bridge device: the MAC is on the
+        # guest's tap because QEMU's RARP entered through it (when let through) or because the
+        # announcer wrote the entry there first. It must be dynamic: a permanent entry is local
+        # (the host swallows the guest's traffic) and neither it nor a static one ever moves.
+        return self.bridge_port == self.tap and self.bridge_state == "dynamic"
 
 
 @dataclass
@@ -49,6 +53,7 @@ class Migration:
     resumed: float | None = None
     qemu_first: float | None = None
     qemu_frames: int = 0  # QEMU's own RARPs seen entering the destination's bridges from its taps
+    qemu_by_mac: dict[str, int] = field(default_factory=dict)  # ... per MAC
     sent_first: float | None = None  # our first frame as it left the destination host
     frames: list[Seen] = field(default_factory=list)  # RARPs seen at the switch, from the destination
     stray: list[Seen] = field(default_factory=list)  # RARPs seen at the switch from the source: must stay empty
@@ -61,6 +66,8 @@ class Migration:
     rewiring: Rewiring | None = None
     ovs_mac: str | None = None
     router: dict[str, str] = field(default_factory=dict)  # guest IP -> MAC the router learned for it
+    trace: MigrationTrace | None = None  # every frame, for the timeline (frametrace.py, timeline.py)
+    evpn: list[EvpnMove] = field(default_factory=list)  # fabric "evpn": what VTEP c did for each br0 vNIC
 
     @property
     def first(self) -> float | None:
@@ -137,7 +144,8 @@ class Migration:
 
     @property
     def ok(self) -> bool:
-        return self.switch_moved and self.reachable and not self.bad_frames and not self.stray and bool(self.frames)
+        return (self.switch_moved and self.reachable and not self.bad_frames and not self.stray and bool(self.frames)
+                and all(move.moved for move in self.evpn))
 
 
 def series(migrations: list[Migration]) -> dict[str, list[float]]:

@@ -165,6 +165,19 @@ def bridge_fdb(ns: str, bridge: str) -> list[tuple[str, str]]:
     return learned
 
 
+def bridge_fdb_states(ns: str, bridge: str) -> dict[str, tuple[str, str]]:
+    """MAC -> (port, state) of every entry of Linux bridge `bridge` in netns `ns`, the ports' own
+    permanent ones included; state is "dynamic" for a learned (or user-added dynamic) entry, else
+    what the kernel says ("static", "permanent")."""
+    done = subprocess.run(["ip", "netns", "exec", ns, "bridge", "-j", "fdb", "show", "br", bridge],
+                          capture_output=True, text=True, timeout=10)
+    found: dict[str, tuple[str, str]] = {}
+    for entry in json.loads(done.stdout or "[]"):
+        if entry.get("master") == bridge and entry.get("mac") and "vlan" not in entry:
+            found[entry["mac"].lower()] = (entry.get("ifname", ""), entry.get("state") or "dynamic")
+    return found
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0, interval: float = 0.05) -> bool:
     """Poll `condition` until it holds or `timeout` s pass; the last check is after the deadline."""
     deadline = time.monotonic() + timeout

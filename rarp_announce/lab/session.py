@@ -12,6 +12,13 @@ How QEMU's own RARPs fare: `qemu_rarp="drop"` drops them on br0 (nft), `"keep"` 
 through; `wiring="late"` parks the OVS port in the dead VLAN until `rewire_delay` s after the
 resume (where QEMU's are lost, as in OpenStack), `"immediate"` wires it in the prepare phase.
 
+The guest: `guest="firmware"` sits in firmware (64 MiB, no OS); `guest="tiny"` boots a real
+tiny Linux that tallies the client's frames it received itself (tinyguest.py, `self.tally`).
+
+With `fabric="evpn"` the hosts' br0 reach the client over an EVPN-VXLAN fabric (FRR per host
+and a third VTEP for the client, evpn.py) instead of the switch; each migration then also
+records what that VTEP's FDB and BGP table did (`Migration.evpn`).
+
 Every process the lab starts is remembered by pid and stopped by pid; everything it builds
 lives in its netns and its workdir, both removed by `close()` (also on errors and signals).
 """
@@ -26,23 +33,31 @@ import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
 from rarp_announce.lab.agent import Wiring, WiringAgent
-from rarp_announce.lab.guest import Guest, Nic, make_guest
+from rarp_announce.lab.evpn import EvpnFabric
+from rarp_announce.lab.guest import DirectBoot, Guest, Nic, make_guest
 from rarp_announce.lab.libvirtd import Libvirtd
 from rarp_announce.lab.migration import Migration, NicOutcome
-from rarp_announce.lab.netns import bridge_fdb, wait_until
+from rarp_announce.lab.netns import bridge_fdb_states, wait_until
 from rarp_announce.lab.observe import Events, Sniffer, check_frame
 from rarp_announce.lab.procs import Proc
+from rarp_announce.lab.tinyguest import SerialTally, direct_boot
 from rarp_announce.lab.teardown import kill_pid
 from rarp_announce.lab.topology import CLIENT_DEVICE, HOSTS, HOST_UPLINK_OFPORT, LabTopology, make_workdir
 from rarp_announce.lab.traffic import ClientTraffic, Delivered
-from rarp_announce.virt.lifecycle import EVENT_RESUMED, RESUMED_MIGRATED, RESUMED_POSTCOPY
+from rarp_announce.lab.fdbwatch import FdbWatch
+from rarp_announce.lab.frametrace import MigrationTrace, gather
+from rarp_announce.virt.lifecycle import EVENT_RESUMED, EVENT_SUSPENDED, RESUMED_MIGRATED, RESUMED_POSTCOPY
 
 Mode = Literal["daemon", "hook", "both", "cli", "none"]
 QemuRarp = Literal["drop", "keep"]
+GuestKind = Literal["firmware", "tiny"]
+Fabric = Literal["l2", "evpn"]
+FABRICS = ("l2", "evpn")
 MODES = ("daemon", "hook", "both", "cli", "none")
 _CLI = [sys.executable, "-m", "rarp_announce"]
 STATE_FILE = Path("/tmp/rarp-announce-lab.json")  # where `lab up` leaves what `lab migrate|down` need
@@ -55,9 +70,19 @@ class Lab:
 
     def __init__(self, mode: str = "daemon", *, kvm: bool | None = None, narrate: Narrate | None = None,
                  phase: Narrate | None = None, keep_workdir: bool = False, qemu_rarp: QemuRarp = "drop",
-                 wiring: Wiring = "late", rewire_delay: float = 2.0, guest_announce: bool = False) -> None:
+                 wiring: Wiring = "late", rewire_delay: float = 2.0, guest_announce: bool = False,
+                 guest: GuestKind = "firmware", fabric: Fabric = "l2") -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+        if guest not in ("firmware", "tiny"):
+            raise ValueError(f"guest {guest!r}: expected firmware or tiny")
+        self.guest_kind = guest
+        if fabric not in FABRICS:
+            raise ValueError(f"fabric {fabric!r}: expected one of {', '.join(FABRICS)}")
+        self.fabric = fabric  # "evpn": br0 reaches the client over an EVPN-VXLAN fabric (evpn.py)
+        self.evpn: EvpnFabric | None = None
+        self.tally: SerialTally | None = None  # the tiny guest's own count of the client's frames
+        self.boot_seconds: float | None = None  # tiny guest: from createXML to its tally listening
         self.mode = mode
         self.qemu_rarp = qemu_rarp
         self.wiring = wiring
@@ -66,7 +91,8 @@ class Lab:
         self.narrate = narrate or (lambda text: None)
         self.phase = phase or (lambda name: None)  # "network", "libvirtd", "announcer", "guest"
         self.keep_workdir = keep_workdir
-        self.guest: Guest = make_guest(kvm=kvm)
+        # The tiny guest runs under TCG unless told otherwise (tinyguest.py says why).
+        self.guest: Guest = make_guest(kvm=False if guest == "tiny" and kvm is None else kvm)
         self.workdir: Path | None = None
         self.topology: LabTopology | None = None
         self.libvirtd: dict[str, Libvirtd] = {}
@@ -75,6 +101,7 @@ class Lab:
         self.switch_sniffer: Sniffer | None = None
         self.host_sniffers: dict[str, Sniffer] = {}
         self.delivered: dict[str, Delivered] = {}
+        self.fdb_watch: dict[str, FdbWatch] = {}  # each host's bridge FDB notifications, for the timelines
         self.traffic: ClientTraffic | None = None
         self.daemons: dict[str, Proc] = {}
         self.helpers: list[Proc] = []
@@ -106,6 +133,8 @@ class Lab:
     def _up(self) -> None:
         self.phase("network")
         self.workdir = make_workdir()
+        if self.guest_kind == "tiny":
+            self.guest = replace(self.guest, boot=direct_boot(self.workdir / "guest-console.log"))
         self.narrate(f"workdir {self.workdir}")
         self.topology = LabTopology(self.workdir, drop_qemu_rarp=self.qemu_rarp == "drop")
         self.narrate(
@@ -114,6 +143,8 @@ class Lab:
             + ("QEMU's own RARPs dropped on br0" if self.qemu_rarp == "drop" else "QEMU's own RARPs let through")
             + f"; OVS ports wired {'late (dead VLAN 4095 first)' if self.wiring == 'late' else 'at once'}"
         )
+        if self.fabric == "evpn":
+            self.evpn = EvpnFabric.build(self.topology, self.narrate)
         for host in HOSTS:
             net = self.topology.hosts[host]
             self.libvirtd[host] = Libvirtd(f"lab-host-{host}", net.netns, net.workdir / "libvirt", ovs_rundir=net.ovs.rundir)
@@ -133,13 +164,19 @@ class Lab:
             for host in HOSTS:
                 self.start_daemon(host)
         self.phase("guest")
+        booted = time.time()
         self.conns["a"].createXML(self.guest.xml(), 0)
+        if self.guest.boot is not None:
+            self.tally = SerialTally(Path(self.guest.boot.serial_log))
+            self.boot_seconds = self.tally.wait_ready(self.guest.macs) - booted
+            self.narrate(f"guest booted its kernel and counts the client's frames after {self.boot_seconds:.1f} s")
         self.location = "a"
         port = self.agent.wire_now(self.topology.hosts["a"].ovs)
         from rarp_announce.lab.guest import kvm_usable
 
         kind = "KVM" if self.guest.kvm else ("TCG" if kvm_usable() else "TCG (no usable /dev/kvm)")
-        self.narrate(f"guest {self.guest.name} ({kind}, 64 MiB, no disk) runs on host a")
+        what = (f"tiny Linux, {self.guest.boot.memory_mib} MiB" if self.guest.boot else "64 MiB, no disk")
+        self.narrate(f"guest {self.guest.name} ({kind}, {what}) runs on host a")
         for nic in self.guest.nics:
             wired = f" (the wiring agent put its port {port} in VLAN {nic.vlan})" if nic.ovs else ""
             self.narrate(f"  vNIC {nic.mac} on {nic.label}{wired}")
@@ -160,9 +197,14 @@ class Lab:
                 net = self.topology.hosts[host]
                 self.host_sniffers[host] = Sniffer(net.netns, prefix="vnet", sent_on=("br0", "uplink1"))
                 self.delivered[host] = Delivered(net.netns)
+                self.fdb_watch[host] = FdbWatch(net.netns)
+        uplinked = self.topology.hosts["a"].bridges_uplinked
         if self.traffic is None:
-            targets = [(nic.mac, nic.vlan) for nic in self.guest.nics]
+            targets = [(nic.mac, nic.vlan) for nic in self.guest.nics if nic.bridge in uplinked]
             self.traffic = ClientTraffic(self.topology.client_ns, CLIENT_DEVICE, targets)
+        if self.evpn is not None:  # the other vNICs hear from the client behind VTEP c
+            self.evpn.observe([nic.mac for nic in self.guest.nics if nic.bridge not in uplinked],
+                              {nic.mac: nic.addresses for nic in self.guest.nics if nic.bridge not in uplinked})
 
     def _connect(self, host: str) -> None:
         import libvirt
@@ -262,11 +304,14 @@ class Lab:
         topo = self.topology
         dst_ports = topo.hosts[dst].switch_ports
         record = Migration(self._numbered + len(self.migrations) + 1, src, dst, time.time(), ovs_mac=self.ovs_nic.mac)
-        for nic in self.guest.nics:
+        switched = [nic for nic in self.guest.nics if nic.bridge in dst_ports]  # with fabric "evpn", not br0's
+        for nic in switched:
             record.expected[nic.mac] = dst_ports[nic.bridge]
             # The switch holds every MAC on the source's port first, so a move is a real move.
             topo.teach(src, nic.mac, nic.vlan)
-        wait_until(lambda: all(topo.where(n.mac) == topo.hosts[src].switch_ports[n.bridge] for n in self.guest.nics), 5.0)
+        wait_until(lambda: all(topo.where(n.mac) == topo.hosts[src].switch_ports[n.bridge] for n in switched), 5.0)
+        if self.evpn is not None:  # the same for the fabric: VTEP c sends the br0 vNIC's MAC to the source
+            self.evpn.before_migration(src, self._taps(src))
         record.fdb_before = self._guest_fdb()
         topo.router.forget()  # what it knows after the migration it learned from the destination
         self.narrate(f"migration {record.number}: host {src} -> host {dst} (live, precopy)")
@@ -302,12 +347,15 @@ class Lab:
         time.sleep(max(0.0, ready_at + settle - time.time()))
         record.moved = {n.mac: topo.where(n.mac) for n in self.guest.nics}
         # The router sees untagged traffic only (no VLAN interfaces here): the br0 vNIC's addresses.
-        wait_until(lambda: all(topo.router.learned(ip, n.mac) for n in self.guest.nics if not n.vlan for ip in n.addresses),
+        wait_until(lambda: all(topo.router.learned(ip, n.mac) for n in switched if not n.vlan for ip in n.addresses),
                    2.0)
-        record.router = {ip: topo.router.neighbours().get(ip, ("", ""))[0] for n in self.guest.nics if not n.vlan
+        record.router = {ip: topo.router.neighbours().get(ip, ("", ""))[0] for n in switched if not n.vlan
                          for ip in n.addresses}
         record.fdb_after = self._guest_fdb()
         self._collect(record)
+        if self.evpn is not None:
+            record.evpn = self.evpn.after_migration(dst, src, record.started, record.resumed, self._taps(dst),
+                                                    self.delivered[dst])
         self.migrations.append(record)
         return record
 
@@ -331,9 +379,11 @@ class Lab:
         theirs = [s for s in host_seen if s.mac in vlans and not s.sent]
         record.qemu_first = min((s.time for s in theirs), default=None)
         record.qemu_frames = len(theirs)
+        for seen in theirs:
+            record.qemu_by_mac[seen.mac] = record.qemu_by_mac.get(seen.mac, 0) + 1
         record.sent_first = min((s.time for s in host_seen if s.mac in vlans and s.sent), default=None)
         taps = self._taps(record.destination)
-        on_br0 = {mac: port for port, mac in bridge_fdb(dst.netns, "br0")}
+        on_br0 = bridge_fdb_states(dst.netns, "br0")
         on_ovs = {mac: (port, vlan) for port, vlan, mac in dst.ovs.fdb("ovsbr0")}
         for nic in self.guest.nics:
             outcome = NicOutcome(nic.mac, nic.bridge, taps.get(nic.mac))
@@ -344,10 +394,28 @@ class Lab:
                 outcome.trace = ("local" if "LOCAL" in trace else "learned" if "forwarding to learned port" in trace
                                  else "flooded")
             else:
-                outcome.bridge_port = on_br0.get(nic.mac)
+                outcome.bridge_port, outcome.bridge_state = on_br0.get(nic.mac, (None, None))
             arrived = self.delivered[record.destination].first(nic.mac, record.started)
             outcome.delivered = arrived.time if arrived is not None else None
             record.nics[nic.mac] = outcome
+        record.trace = self._trace(record, host_seen, taps)
+
+    def _trace(self, record: Migration, host_seen: list[Any], taps: dict[str, str]) -> MigrationTrace | None:
+        """Every frame of this migration, for its timeline (frametrace.py, timeline.py)."""
+        if self.traffic is None:
+            return None
+        clients = {mac for mac, _vlan in self.traffic.targets}
+        end = time.time()
+        watch = self.fdb_watch.get(record.destination)
+        records = self.events.records if self.events is not None else []
+        paused = next((stamp for stamp, host, _dom, event, _detail in records
+                       if host == record.source and event == EVENT_SUSPENDED and stamp >= record.started), None)
+        return gather(start=record.started, end=end, resumed=record.resumed, wired=record.wired, paused=paused,
+                      nics=[(n.mac, n.bridge) for n in self.guest.nics if n.mac in clients],
+                      sent=self.traffic.sent_between(record.started, end), refused=self.traffic.failed,
+                      at_source=self.delivered[record.source].items(),
+                      at_destination=self.delivered[record.destination].items(),
+                      host_seen=host_seen, fdb_events=watch.events() if watch is not None else [], taps=taps)
 
     def _taps(self, host: str) -> dict[str, str]:
         """MAC -> the guest's tap on `host`, from libvirt's live XML."""
@@ -385,10 +453,14 @@ class Lab:
             "hosts": {h: net.netns for h, net in topo.hosts.items()},
             "libvirtd": {h: d.pid for h, d in self.libvirtd.items()},
             "daemons": {h: p.pid for h, p in self.daemons.items()},
+            "guest_kind": self.guest_kind,
+            "guest_boot": vars(self.guest.boot) if self.guest.boot else None,
             "guest": {"name": self.guest.name, "uuid": self.guest.uuid, "kvm": self.guest.kvm,
                       "nics": [[n.mac, n.bridge, n.vlan, n.ovs, list(n.addresses)] for n in self.guest.nics]},
             "location": self.location,
             "migrations": len(self.migrations),
+            "fabric": self.fabric,
+            "evpn": self.evpn.state() if self.evpn is not None else None,
         }
         path.write_text(json.dumps(state, indent=1))
 
@@ -397,9 +469,13 @@ class Lab:
         """The lab an earlier `lab up` left running, ready to migrate or close."""
         state = json.loads(path.read_text())
         lab = cls(state["mode"], narrate=narrate, qemu_rarp=state["qemu_rarp"], wiring=state["wiring"],
-                  rewire_delay=state["rewire_delay"])
+                  rewire_delay=state["rewire_delay"], guest=state.get("guest_kind", "firmware"),
+                  fabric=state.get("fabric", "l2"))
         g = state["guest"]
-        lab.guest = Guest(g["name"], tuple(Nic(m, b, v, o, tuple(a)) for m, b, v, o, a in g["nics"]), g["kvm"], g["uuid"])
+        boot = DirectBoot(**state["guest_boot"]) if state.get("guest_boot") else None
+        lab.guest = Guest(g["name"], tuple(Nic(m, b, v, o, tuple(a)) for m, b, v, o, a in g["nics"]), g["kvm"], g["uuid"],
+                          boot)
+        lab.tally = SerialTally(Path(boot.serial_log)) if boot else None
         lab.workdir = Path(state["workdir"])
         lab.topology = LabTopology.adopt(lab.workdir, state["switch_ns"], state["hosts"], state["client_ns"],
                                          state["router_ns"], drop_qemu_rarp=state["qemu_rarp"] == "drop")
@@ -408,6 +484,8 @@ class Lab:
                               ovs_rundir=lab.topology.hosts[host].ovs.rundir)
             daemon.adopted = state["libvirtd"].get(host)
             lab.libvirtd[host] = daemon
+        if state.get("evpn"):
+            lab.evpn = EvpnFabric.adopt(lab.topology, state["evpn"])
         lab.daemons = {h: Proc(pid) for h, pid in state["daemons"].items()}
         lab.location = state["location"]
         lab._numbered = state["migrations"]
@@ -427,6 +505,10 @@ class Lab:
             namespaces = list(self.topology._made_ns)
             for net in self.topology.hosts.values():
                 pids += net.ovs.pids()
+        if self.evpn is not None:
+            made = self.evpn.footprint()
+            namespaces += made["netns"]
+            pids += made["pids"]
         return {"netns": namespaces, "pids": pids, "paths": [str(self.workdir)] if self.workdir else []}
 
     def close(self) -> None:
@@ -442,12 +524,14 @@ class Lab:
         if self.traffic is not None:
             self.traffic.close()
             self.traffic = None
-        for watcher in [self.switch_sniffer, *self.host_sniffers.values(), *self.delivered.values()]:
+        for watcher in [self.switch_sniffer, *self.host_sniffers.values(), *self.delivered.values(),
+                        *self.fdb_watch.values()]:
             if watcher is not None:
                 watcher.close()
         self.switch_sniffer = None
         self.host_sniffers.clear()
         self.delivered.clear()
+        self.fdb_watch.clear()
         for conn in list(self.conns.values()):
             try:
                 for dom in conn.listAllDomains():
@@ -462,6 +546,9 @@ class Lab:
             except Exception:
                 pass
         self.conns.clear()
+        if self.evpn is not None:  # FRR by pid, before the sweep below would kill it
+            self.evpn.close()
+            self.evpn = None
         self._sweep_netns()
         for daemon in self.libvirtd.values():
             leftovers = daemon.qemu_pids()

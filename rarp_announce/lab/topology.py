@@ -9,9 +9,9 @@
                   mig ==veth== the other host's mig: 10.77.0.1/24 and 10.77.0.2/24 carry the
                   migration stream off the switch, so it neither floods it nor adds noise.
 
-With `drop_qemu_rarp`, QEMU's own RARPs are dropped on every host's br0 (an nft rule for
-frames from vnet* taps), as on a port that is not wired yet: only our announcements can then
-move a MAC on the switch. On ovsbr0 nothing is dropped by a rule: a rule would drop our frames
+With `drop_qemu_rarp`, QEMU's own RARPs are dropped at every host's br0 ingress (an nft rule
+for frames from vnet* taps, before the bridge learns), as on a port that is not wired yet: only
+our announcements can then move a MAC on the switch or teach br0 where the guest is. On ovsbr0 nothing is dropped by a rule: a rule would drop our frames
 too, since they enter from the guest's own port; there the lab's wiring agent silences QEMU
 the way real deployments lose its frames (the dead VLAN 4095, rewired late). Everything lives
 in the lab's netns and workdir; `close()` removes it all.
@@ -51,9 +51,12 @@ HOST_UPLINK_OFPORT = 1
 
 _NFT_DROP_QEMU_RARP = """\
 table bridge rarp_lab {
-    chain forward {
-        type filter hook forward priority 0; policy accept;
-        # QEMU's own announcements, as if the port were not wired yet: only ours may pass.
+    chain ingress {
+        # prerouting at -300 runs before br0 learns the source MAC (br_handle_frame runs the
+        # NF_BR_PRE_ROUTING hook, then br_handle_frame_finish learns): QEMU's own announcements
+        # are lost as on a port not wired yet, and br0 learns nothing from them. A rule on hook
+        # forward would run after br0 had learned the guest's MAC on its tap from them.
+        type filter hook prerouting priority -300; policy accept;
         iifname "vnet*" ether type 0x8035 counter drop
     }
 }
@@ -66,11 +69,13 @@ class LabHost:
     netns: str
     workdir: Path
     ovs: PrivateOVS
+    bridges_uplinked: tuple[str, ...] = ("br0", "ovsbr0")  # the EVPN fabric (evpn.py) detaches br0
 
     @property
     def switch_ports(self) -> dict[str, str]:
         """Which switch port each of this host's bridges reaches the switch through."""
-        return {"br0": f"{self.name}-br", "ovsbr0": f"{self.name}-ovs"}
+        ports = {"br0": f"{self.name}-br", "ovsbr0": f"{self.name}-ovs"}
+        return {bridge: port for bridge, port in ports.items() if bridge in self.bridges_uplinked}
 
     @property
     def migration_address(self) -> str:
@@ -208,6 +213,14 @@ class LabTopology:
         destination's port can only come from an announcement.
         """
         send_raw(self.hosts[host].netns, "uplink1" if vlan else "uplink0", learning_frame(mac, vlan))
+
+    def set_qemu_rarp_drop(self, host: str, drop: bool) -> None:
+        """Add or remove the rule dropping QEMU's own RARPs at `host`'s br0 ingress (the EVPN
+        benchmark compares QEMU's frames with ours in one lab)."""
+        done = self.hosts[host].run(["nft", "-f", "-"], input=_NFT_DROP_QEMU_RARP) if drop else \
+            self.hosts[host].run(["nft", "delete", "table", "bridge", "rarp_lab"])
+        if done.returncode != 0:
+            raise RuntimeError(f"nft in {self.hosts[host].netns}: {done.stderr.strip()}")
 
     def nft_drops(self, host: str) -> int:
         """How many QEMU RARPs the nft rule on `host`'s br0 has dropped so far."""

@@ -8,10 +8,12 @@ the first one after a migration is the moment the guest is reachable again on it
 
 from __future__ import annotations
 
+import bisect
 import socket
 import struct
 import threading
 import time
+from array import array
 from dataclasses import dataclass
 
 from rarp_announce.lab.netns import EXPERIMENTAL_ETHERTYPE, ethertype_of, inside
@@ -35,6 +37,14 @@ class ClientTraffic:
     def __init__(self, ns: str, device: str, targets: list[tuple[str, int | None]], interval: float = 0.001) -> None:
         self.targets = targets
         self.interval = interval
+        # Sequences start at the wall clock in ms and grow by one a round (at most one a ms), so a
+        # later client (`lab migrate` after `lab up`) continues above an earlier one's: the tiny
+        # guest's tally sees one stream. Sequence first + n went out at _sent_at[n] (wall clock),
+        # to every target; the frames a full queue refused are in `failed` as (MAC, sequence):
+        # never sent, so never lost.
+        self.first = int(time.time() * 1000)
+        self._sent_at = array("d")
+        self.failed: list[tuple[str, int]] = []
         self._stop = threading.Event()
         with inside(ns):
             self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
@@ -43,14 +53,15 @@ class ClientTraffic:
         self._thread.start()
 
     def _run(self) -> None:
-        sequence = 0
+        sequence = self.first
         next_at = time.monotonic()
         while not self._stop.is_set():
+            self._sent_at.append(time.time())
             for mac, vlan in self.targets:
                 try:
                     self._sock.send(client_frame(mac, vlan, sequence))
-                except OSError:
-                    pass  # a full queue drops a frame; the next one is a millisecond away
+                except OSError:  # a full queue drops a frame; the next one is a millisecond away
+                    self.failed.append((mac, sequence))
             sequence += 1
             next_at += self.interval
             delay = next_at - time.monotonic()
@@ -59,10 +70,31 @@ class ClientTraffic:
             else:
                 next_at = time.monotonic()  # late (a busy machine): do not burst to catch up
 
+    def sequence_at(self, moment: float) -> int:
+        """The first sequence sent at or after wall-clock `moment` (the next one if none yet)."""
+        return self.first + bisect.bisect_left(self._sent_at, moment)
+
+    def sent_time(self, sequence: int) -> float | None:
+        index = sequence - self.first
+        return self._sent_at[index] if 0 <= index < len(self._sent_at) else None
+
+    def sent_between(self, start: float, end: float) -> list[tuple[int, float]]:
+        """(sequence, send time) of every round sent in [start, end) (wall clock), for the timelines."""
+        low, high = bisect.bisect_left(self._sent_at, start), bisect.bisect_left(self._sent_at, end)
+        return [(self.first + index, self._sent_at[index]) for index in range(low, high)]
+
     def close(self) -> None:
         self._stop.set()
         self._thread.join(2)
         self._sock.close()
+
+
+def sequence_of(frame: bytes) -> int | None:
+    """The sequence number of a client frame (tagged or not), None for any other frame."""
+    at = frame.find(_MARKER, 14, 30)  # after the header, with or without one 802.1Q tag
+    if at < 0 or len(frame) < at + 16:
+        return None
+    return int.from_bytes(frame[at + 8:at + 16], "big")
 
 
 @dataclass(frozen=True)
@@ -70,6 +102,7 @@ class Arrived:
     time: float  # kernel timestamp as the frame left for the guest
     device: str  # the guest tap it was written to
     mac: str
+    sequence: int = -1
 
 
 class Delivered(Watch[Arrived]):
@@ -85,7 +118,8 @@ class Delivered(Watch[Arrived]):
             return None
         if ethertype_of(frame) != EXPERIMENTAL_ETHERTYPE or frame[6:12] != CLIENT_MAC:
             return None
-        return Arrived(stamp, device, frame[:6].hex(":"))
+        sequence = sequence_of(frame)
+        return Arrived(stamp, device, frame[:6].hex(":"), -1 if sequence is None else sequence)
 
     def first(self, mac: str, since: float) -> Arrived | None:
         return next((a for a in self.items() if a.mac == mac and a.time >= since), None)

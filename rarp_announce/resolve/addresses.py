@@ -1,8 +1,9 @@
 """Where a vNIC's IP addresses come from, for its gratuitous ARPs and unsolicited NAs.
 
 RARP carries no IP, so fabrics that learn MAC-IP bindings (EVPN ARP suppression, routers) need
-the guest's addresses announced too (RFC 5227 section 3, RFC 4861 section 7.2.6). Five
-sources can name them:
+the guest's addresses announced too (RFC 5227 section 3, RFC 4861 section 7.2.6). The sources,
+and who vouches for each, are the table in resolve/sources.py; this module reads those that the
+domain XML, the config and libvirt answer (the neighbour table is resolve/neighbours.py):
 
 - ``metadata``: the domain's own ``<metadata>``, in this project's namespace
   ``urn:x-rarp-announce:addresses:1`` (https://libvirt.org/formatdomain.html#general-metadata):
@@ -14,15 +15,20 @@ sources can name them:
   libvirt 9.0 refuses an ``<ra:addresses xmlns:ra=...>`` given to ``--set`` ("failed to create a
   new XML namespace"), as tried here against its test driver.
 - ``config``: ``[addresses.macs]`` in the config file (``AddressesConfig.macs``).
-- ``lease``, ``arp``, ``agent``: libvirt's ``virDomainInterfaceAddresses`` with source LEASE
-  (the DHCP leases of libvirt's own networks), ARP (the host's neighbour table) or AGENT
-  (qemu-guest-agent inside the guest, which may not answer at all).
+- ``nwfilter``: the ``IP`` (and ``IPV6``) parameters of a vNIC's ``<filterref>``
+  (https://libvirt.org/formatnwfilter.html#usage-of-variables-in-filters), the addresses the
+  operator tied the vNIC to for libvirt's ``clean-traffic`` anti-spoofing filter.
+- ``lease``, ``agent``: libvirt's ``virDomainInterfaceAddresses`` with source LEASE (the DHCP
+  leases of libvirt's own networks) or AGENT (qemu-guest-agent inside the guest, which may not
+  answer at all). libvirt's ARP source is not used: it matches the MAC on every device of the
+  host, and libvirt 9.0 fails on this kernel with "wrong nlmsg len" unless the table is large.
 
 The API, for a resolver:
 
 - at prepare time, without I/O: ``declared_addresses(root, config.addresses)`` ->
-  ``(MAC -> [Address], reasons)`` from the metadata and the config, whichever of the two
-  ``sources`` lists; it uses ``metadata_addresses(root)`` and ``config_addresses(config)``.
+  ``(MAC -> [Address], reasons)`` from the metadata, the nwfilter parameters and the config,
+  whichever of them ``sources`` lists; it uses ``metadata_addresses(root)``,
+  ``nwfilter_addresses(root)`` and ``config_addresses(config)``.
 - then, on the event loop: ``await libvirt_addresses(dom, config.addresses.sources,
   timeout=config.addresses.agent_timeout)`` -> ``(MAC -> [Address], reasons)``; each libvirt
   call runs in a thread of its own and is given up after ``timeout``, never awaited again.
@@ -53,6 +59,7 @@ from rarp_announce.ipaddr import check_ip
 from rarp_announce.mac import normalize_mac
 from rarp_announce.model import Address, AddressSource
 from rarp_announce.names import one_line, quoted
+from rarp_announce.resolve.sources import BY_NAME, LIBVIRT_SOURCES
 
 METADATA_NS = "urn:x-rarp-announce:addresses:1"
 MAX_PER_MAC = MAX_ADDRESSES_PER_MAC  # every address costs a GARP or NA per round
@@ -60,10 +67,7 @@ MAX_TOTAL = 4096  # per source: far above any real guest, low enough to bound th
 MAX_ENTRIES = 2 * MAX_TOTAL  # elements looked at per source, valid or not: bounds the work, not only the result
 MAX_REASONS = 16  # a hostile document cannot turn its every element into a log line
 MAX_BLOCKED_CALLS = 32  # libvirt calls given up but still running (hung agents) before refusing more
-
-# include/libvirt/libvirt-domain.h, virDomainInterfaceAddressesSource: fixed ABI values, written
-# out so that importing this module does not load libvirt (tests check them against libvirt's).
-LIBVIRT_SOURCES: dict[str, int] = {"lease": 0, "agent": 1, "arp": 2}
+NWFILTER_PARAMETERS = ("IP", "IPV6")  # libvirt's variables holding a vNIC's addresses (clean-traffic)
 
 _T = TypeVar("_T")
 _QUOTE_MAX = 40
@@ -133,6 +137,45 @@ def metadata_addresses(root: ET.Element) -> tuple[dict[str, list[str]], list[str
     return _without_empty(found), reasons.lines()
 
 
+def nwfilter_addresses(root: ET.Element) -> tuple[dict[str, list[str]], list[str]]:
+    """MAC -> canonical IPs of the ``IP``/``IPV6`` parameters of each vNIC's ``<filterref>``, and why
+    entries were skipped: ``<interface><mac address=.../><filterref filter='clean-traffic'>
+    <parameter name='IP' value='10.0.0.5'/></filterref>``. A parameter may be given several
+    times (libvirt makes a list of it); nested ``<filterref>`` elements carry none of the vNIC's."""
+    reasons = _Reasons("nwfilter")
+    found: dict[str, list[str]] = {}
+    entries = _Limit(reasons, MAX_ENTRIES, "elements")
+    devices = root.find("devices")
+    try:
+        for interface in devices.findall("interface") if devices is not None else []:
+            mac_element = interface.find("mac")
+            parameters = [p for ref in interface.findall("filterref") for p in ref.findall("parameter")]
+            if not parameters:
+                continue
+            mac_text = mac_element.get("address") if mac_element is not None else None
+            mac, problem = _mac(mac_text) if mac_text else (None, "no <mac address=...>")
+            if mac is None:
+                reasons.add(f"<filterref> of an interface skipped: {problem}")
+                continue
+            addresses = found.setdefault(mac, [])
+            for parameter in parameters:
+                entries.take()
+                if parameter.get("name") not in NWFILTER_PARAMETERS:
+                    continue
+                if len(addresses) >= MAX_PER_MAC:
+                    reasons.add(f"interface {mac}: more than {MAX_PER_MAC} addresses: the rest is ignored")
+                    break
+                ip, problem = check_ip(parameter.get("value") or "")
+                if ip is None:
+                    reasons.add(f"interface {mac}: parameter {quoted(str(parameter.get('name')))}: {problem}: skipped")
+                    continue
+                if ip not in addresses:
+                    addresses.append(ip)
+    except _Cut:
+        pass
+    return _without_empty(found), reasons.lines()
+
+
 def config_addresses(config: AddressesConfig) -> dict[str, list[str]]:
     """MAC -> canonical IPs declared in ``[addresses.macs]`` (already checked by config.py)."""
     return {mac: list(ips) for mac, ips in config.macs.items() if ips}
@@ -141,17 +184,17 @@ def config_addresses(config: AddressesConfig) -> dict[str, list[str]]:
 def declared_addresses(
     root: ET.Element | None, config: AddressesConfig
 ) -> tuple[dict[str, list[Address]], list[str]]:
-    """The synchronous part: the metadata and config sources, those of them ``config.sources``
-    names, in its order. ``root`` None (no XML at hand) leaves the metadata out."""
+    """The synchronous part: the sources read from the domain XML and the config, those of them
+    ``config.sources`` names, in its order. ``root`` None (no XML at hand) leaves the XML's out."""
     parts: list[Mapping[str, Sequence[Address]]] = []
     reasons: list[str] = []
     for source in config.sources:
-        if source == "metadata" and root is not None:
-            found, skipped = metadata_addresses(root)
-            parts.append(tag_addresses("metadata", found))
-            reasons.extend(skipped)
-        elif source == "config":
+        if source == "config":
             parts.append(tag_addresses("config", config_addresses(config)))
+        elif source in _XML_READERS and root is not None:
+            found, skipped = _XML_READERS[source](root)
+            parts.append(tag_addresses(source, found))
+            reasons.extend(skipped)
     merged, cut = merge(parts, config.sources)
     return {mac: list(addresses) for mac, addresses in merged.items()}, reasons + cut
 
@@ -213,7 +256,7 @@ async def libvirt_addresses(
     asked: list[AddressSource] = []
     reasons: list[str] = []
     for source in sources:
-        if source in LIBVIRT_SOURCES:
+        if BY_NAME.get(source) is not None and BY_NAME[source].libvirt is not None:
             if source not in asked:
                 asked.append(cast(AddressSource, source))
         elif source not in ADDRESS_SOURCES:
@@ -265,6 +308,12 @@ def announce_self_command(*, rounds: int, initial_ms: int, max_ms: int, step_ms:
     Schedule(initial_ms=initial_ms, max_ms=max_ms, rounds=rounds, step_ms=step_ms)
     arguments = {"initial": initial_ms, "max": max_ms, "rounds": rounds, "step": step_ms}
     return json.dumps({"execute": "announce-self", "arguments": arguments}, separators=(",", ":"))
+
+
+_XML_READERS: dict[str, Callable[[ET.Element], tuple[dict[str, list[str]], list[str]]]] = {
+    "metadata": metadata_addresses,
+    "nwfilter": nwfilter_addresses,
+}
 
 
 def _our_blocks(root: ET.Element) -> list[ET.Element]:
@@ -405,6 +454,9 @@ async def _off_loop(call: Callable[[], _T], timeout: float) -> tuple[_T | None, 
         return None, f"no answer within {timeout:g} s: given up (the call may still be blocked in libvirt)"
     except Exception as exc:  # noqa: BLE001 - every libvirt failure is a reason, never a crash
         return None, _error_text(exc)
+
+
+off_loop = _off_loop  # for resolve.host: other libvirt calls bounded the same way, on the same threads
 
 
 def _error_text(exc: BaseException) -> str:

@@ -10,16 +10,20 @@ import dataclasses
 import functools
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from rarp_announce.config import Config
 from rarp_announce.errors import AnnounceError
 from rarp_announce.model import Address, Resolution, Target
 from rarp_announce.names import canonical_uuid
 from rarp_announce.resolve import hostnet
-from rarp_announce.resolve.addresses import LIBVIRT_SOURCES, guest_announce, libvirt_addresses
+from rarp_announce.resolve.addresses import guest_announce, libvirt_addresses, merge, off_loop
 from rarp_announce.resolve.interfaces import OvsLookup, resolve_xml
+from rarp_announce.resolve.neighbours import HostTables, neighbour_addresses, read_tables
+from rarp_announce.resolve.sources import BY_NAME, GUEST
+from rarp_announce.resolve.trust import bridge_of, declared_elsewhere, guest_sources, vet
 
 if TYPE_CHECKING:
     from rarp_announce.resolve.ovsdb import OvsdbView
@@ -33,6 +37,13 @@ _INLINE_XML = 64 * 1024  # a domain XML is ~10 KB; bigger ones are resolved off 
 _REMEMBERED = 1024  # domains whose libvirt-reported addresses are kept
 _UUID = re.compile(rb"<uuid>\s*([0-9a-fA-F-]{32,36})\s*</uuid>")
 _UUID_SPAN = 65536  # bytes searched: <uuid> comes right after <name>, near the top
+# How long one reading of the host's tables and of the other guests' declarations serves every
+# resolution that vets guest sources: a burst of arrivals (and each one's retries every
+# retry_interval) costs one netlink dump and one libvirt scan, not one each.
+_TABLES_FOR = 2.0
+_ELSEWHERE_FOR = 5.0
+_TABLES_TIMEOUT = 5.0  # a netlink dump answers in milliseconds; this only bounds a wedged one
+_T = TypeVar("_T")
 
 
 def _uuid_of(xml: str | bytes) -> str | None:
@@ -77,6 +88,8 @@ class HostResolver:
             collections.OrderedDict())
         self._openflow_port = openflow_port
         self._devices = hostnet.SharedCheck()
+        self._tables: _Shared[HostTables] = _Shared(_TABLES_FOR)
+        self._elsewhere: _Shared[tuple[dict[str, list[tuple[str, str]]], list[str]]] = _Shared(_ELSEWHERE_FOR)
 
     def follow_ovs(self, on_change: Callable[[], None]) -> OvsdbView | None:
         """A live OVSDB replica for this resolver, not started yet, that calls `on_change` on every
@@ -124,8 +137,60 @@ class HostResolver:
             fixed = snapshot() if callable(snapshot) else lookup
             resolution = await asyncio.get_running_loop().run_in_executor(None, functools.partial(run, ovs=fixed))
         resolution.notes.extend(f"address not announced: {reason}" for reason in reasons)
+        await self._guest_addresses(xml, resolution)
         await self._fill_ofports(resolution)
         return resolution
+
+    async def _guest_addresses(self, xml: str | bytes, resolution: Resolution) -> None:
+        """The guest-vouched sources the config names (none by default), through the policy
+        (resolve.trust): what passes joins its targets' addresses, the rest is `refused`."""
+        config = self._config()
+        sources = guest_sources(config.addresses)
+        if not sources or not resolution.targets:
+            return
+        bridges: dict[str, set[str]] = {}
+        for target in resolution.targets:
+            bridges.setdefault(target.mac, set()).add(bridge_of(target))
+        try:
+            tables = await self._tables.get(_read_tables_aside)
+        except Exception as exc:  # noqa: BLE001 - without the host's tables nothing can be vetted
+            resolution.notes.append(f"address not announced: {', '.join(sources)}: this host's tables could not be "
+                                    f"read to vet them ({type(exc).__name__}: {exc})")
+            return
+        parts: list[dict[str, list[Address]]] = []
+        reasons: list[str] = []
+        libvirt_sources = [s for s in sources if BY_NAME[s].libvirt is not None]
+        if libvirt_sources:
+            found, skipped = await self._libvirt_addresses(xml, libvirt_sources)
+            parts.append(found)
+            reasons.extend(skipped)
+        if any(BY_NAME[s].reads == "netlink" for s in sources):
+            found, skipped = neighbour_addresses(tables, bridges)
+            parts.append(found)
+            reasons.extend(skipped)
+        candidates, cut = merge(parts, sources)
+        conn = self._connection()
+        elsewhere, unread = await self._elsewhere.get(lambda: self._declared_elsewhere(conn))
+        trusted = {t.mac: t.addresses for t in resolution.targets}
+        allowed, refused = vet(candidates, bridges, trusted, config.addresses.allow, tables, elsewhere)
+        resolution.refused.extend(refused)
+        if allowed:
+            merged, more = merge([trusted, allowed], config.addresses.sources)
+            cut += more
+            resolution.targets = [dataclasses.replace(t, addresses=merged[t.mac]) if t.mac in merged else t
+                                  for t in resolution.targets]
+        resolution.notes.extend(f"address not announced: {reason}" for reason in reasons + cut + unread)
+
+    async def _declared_elsewhere(self, conn: Any) -> tuple[dict[str, list[tuple[str, str]]], list[str]]:
+        config = self._config().addresses
+        if conn is None:
+            return declared_elsewhere(None, config)
+        answer, problem = await off_loop(lambda: declared_elsewhere(conn, config), config.agent_timeout)
+        if answer is None:
+            # Without the other guests' declarations the allowed prefixes still bound what passes.
+            found, _ = declared_elsewhere(None, config)
+            return found, [f"other guests' addresses not read: {problem}"]
+        return answer
 
     async def guest_announce(self, uuid: str) -> str | None:
         """QEMU's announce-self for the domain: None when done or without libvirt, else why not
@@ -145,27 +210,33 @@ class HostResolver:
         return await guest_announce(dom, rounds=schedule.rounds, initial_ms=schedule.initial_ms, max_ms=schedule.max_ms,
                                     step_ms=schedule.step_ms, timeout=config.addresses.agent_timeout)
 
-    async def _libvirt_addresses(self, xml: str | bytes) -> tuple[dict[str, list[Address]], list[str]]:
-        """What libvirt knows of the domain's addresses (leases, ARP, the guest agent), asked once
-        per domain and kept: the next resolutions (a port rewired, a device back) reuse it."""
+    async def _libvirt_addresses(self, xml: str | bytes, sources: list[str] | None = None
+                                 ) -> tuple[dict[str, list[Address]], list[str]]:
+        """What libvirt knows of the domain's addresses from `sources` (by default the configured
+        ones the operator or the host vouch for: the leases; the guest agent is asked by
+        _guest_addresses), asked once per domain and kept: the next resolutions (a port
+        rewired, a device back) reuse it."""
         config = self._config()
-        if not any(source in LIBVIRT_SOURCES for source in config.addresses.sources):
+        if sources is None:
+            sources = [s for s in config.addresses.sources if s not in GUEST]
+        if not any(BY_NAME[source].libvirt is not None for source in sources):
             return {}, []
         uuid = _uuid_of(xml)
         conn = self._connection()
         if uuid is None or conn is None:
             return {}, []
-        if uuid in self._addresses:
-            self._addresses.move_to_end(uuid)
-            return self._addresses[uuid]
+        key = f"{uuid} {','.join(sources)}"
+        if key in self._addresses:
+            self._addresses.move_to_end(key)
+            return self._addresses[key]
         import libvirt
 
         try:
             dom = conn.lookupByUUIDString(uuid)
         except libvirt.libvirtError:
             return {}, []  # not defined here yet (a hook's XML): asked again at the next resolution
-        answer = await libvirt_addresses(dom, config.addresses.sources, timeout=config.addresses.agent_timeout)
-        self._addresses[uuid] = answer
+        answer = await libvirt_addresses(dom, sources, timeout=config.addresses.agent_timeout)
+        self._addresses[key] = answer
         while len(self._addresses) > _REMEMBERED:
             self._addresses.popitem(last=False)
         return answer
@@ -225,3 +296,37 @@ class HostResolver:
                     target = dataclasses.replace(target, ovs=dataclasses.replace(target.ovs, ofport=answer))
             replaced.append(target)
         resolution.targets = replaced
+
+
+async def _read_tables_aside() -> HostTables:
+    """read_tables in a thread of its own, with a loop of its own: pyroute2 parses a dump of a
+    thousand neighbours in ~45 ms of CPU (`make bench`, bench_trust), which on the daemon's loop
+    would delay every running schedule by as much; aside, the interpreter hands the loop the GIL
+    every few ms. The thread is started from the loop's, so it reads the same network namespace."""
+    tables, problem = await off_loop(lambda: asyncio.run(read_tables()), _TABLES_TIMEOUT)
+    if tables is None:
+        raise RuntimeError(problem)
+    return tables
+
+
+class _Shared(Generic[_T]):
+    """One answer of an asynchronous read, shared by every caller for `ttl` seconds; callers that
+    come while it is being read wait for that read instead of starting their own."""
+
+    def __init__(self, ttl: float) -> None:
+        self._ttl = ttl
+        self._value: tuple[float, _T] | None = None
+        self._reading: asyncio.Future[_T] | None = None
+
+    async def get(self, read: Callable[[], Awaitable[_T]]) -> _T:
+        if self._value is not None and time.monotonic() - self._value[0] < self._ttl:
+            return self._value[1]
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(read())
+            self._reading.add_done_callback(self._done)
+        return await asyncio.shield(self._reading)
+
+    def _done(self, future: asyncio.Future[_T]) -> None:
+        self._reading = None
+        if not future.cancelled() and future.exception() is None:
+            self._value = (time.monotonic(), future.result())

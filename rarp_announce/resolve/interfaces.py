@@ -5,6 +5,9 @@ understands, never an exception: only a document that is not a domain XML at all
 InputError. The device is never a guest's tap (vnetX): a frame written to a tap's host side
 goes to the guest, not to the switch (libvirt docs/formatdomain.rst, "Network interfaces").
 
+A vNIC on a Linux bridge carries its tap as `bridge_port`: the bridge's own FDB entry for the
+MAC is pointed there before the frames leave the bridge device (transport/fdb.py).
+
 A vNIC on Open vSwitch is never announced through the bridge's own port: OVS would learn the
 guest's MAC on LOCAL and send the guest's traffic to the host. It is injected through the
 guest's own OVS port (its ofport), with the VLAN that OVSDB gives that port: Neutron and
@@ -24,12 +27,13 @@ from typing import Protocol
 from rarp_announce.config import Config
 from rarp_announce.errors import InputError
 from rarp_announce.mac import normalize_mac
-from rarp_announce.model import Address, Kind, OvsPort, Resolution, Skipped, Target, VlanSource
+from rarp_announce.model import Address, BridgePort, Kind, OvsPort, Resolution, Skipped, Target, VlanSource
 from rarp_announce.names import one_line, shown, valid_ifname
 from rarp_announce.resolve import hostnet
 from rarp_announce.resolve.addresses import declared_addresses, merge
 from rarp_announce.resolve.domxml import parse_domain
 from rarp_announce.resolve.ovsport import PortInfo, vlan_plan, wiring_problem
+from rarp_announce.resolve.sources import GUEST
 
 NetworkBridge = Callable[[str], "str | None"]
 MAX_TARGETS = 4096  # a trunk of every VLAN is 4094 on one vNIC; 59 such vNICs made 241k targets
@@ -97,6 +101,8 @@ def resolve_xml(
     coming (then OVS ports wait for it instead). `found_addresses` are the vNICs' addresses libvirt
     reported (resolve.addresses.libvirt_addresses); with those the XML's metadata and the
     config declare, each target carries its MAC's addresses, in the config's source order.
+    Addresses of guest-vouched sources are never taken from `found_addresses`: they must pass
+    the policy first (resolve.trust, applied by resolve.host).
     Whether devices can carry frames
     now is not judged here: that is the readiness check (hostnet.device_problems); only a
     port that OVSDB shows not wired yet gets its problem here.
@@ -149,11 +155,17 @@ def _attach_addresses(root: ET.Element, config: Config, resolution: Resolution,
     if not resolution.targets:
         return
     declared, reasons = declared_addresses(root, config.addresses)
-    merged, cut = merge([declared, found], config.addresses.sources)
+    vouched = {mac: [a for a in addresses if a.source not in GUEST] for mac, addresses in found.items()}
+    merged, cut = merge([declared, vouched], config.addresses.sources)
     resolution.notes.extend(f"address not announced: {reason}" for reason in reasons + cut)
     if merged:
+        # Every address here is vouched for by the operator or the host (guest sources join later,
+        # vetted, in resolve.host): on a Linux bridge they also become the SVI's neighbour entries
+        # at the arrival (transport/neigh.py), for EVPN MAC+IP routes.
         resolution.targets = [
-            dataclasses.replace(t, addresses=merged[t.mac]) if t.mac in merged else t for t in resolution.targets
+            dataclasses.replace(t, addresses=merged[t.mac],
+                                neighbours=tuple(a.ip for a in merged[t.mac]) if t.bridge_port is not None else ())
+            if t.mac in merged else t for t in resolution.targets
         ]
 
 
@@ -188,6 +200,7 @@ def _interface_targets(element: ET.Element, mac: str, label: str, context: _Cont
     info = context.ovs.find_port(name=_target_dev(element), mac=mac) if on_ovs and context.ovs is not None else None
     if on_ovs and device not in config.uplinks:
         return _ovs_targets(element, xml_vlans, mac, label, device, "openvswitch", context, info)
+    bridge_port = _bridge_port(element, device) if kind in ("bridge", "network") and not on_ovs else None
     if kind != "ethernet":
         device = config.uplinks.get(device, device)
     _check_device(device, context.taps)
@@ -198,7 +211,15 @@ def _interface_targets(element: ET.Element, mac: str, label: str, context: _Cont
         plan = _ovs_plan(xml_vlans, mac, info, context, wired=wired)
         return [Target(mac, device, vlan, "openvswitch", label, vlan_source=source) for vlan, _tagged, source in plan]
     shown_kind: Kind = kind  # type: ignore[assignment]  # one of the types handled above
-    return [Target(mac, device, vlan, shown_kind, label) for vlan in _vlans(xml_vlans)]
+    return [Target(mac, device, vlan, shown_kind, label, bridge_port=bridge_port) for vlan in _vlans(xml_vlans)]
+
+
+def _bridge_port(element: ET.Element, bridge: str) -> BridgePort | None:
+    """The guest's tap on its Linux bridge, whose FDB entry is pointed at it before the first frame
+    (a frame from the bridge device teaches that bridge nothing: see model.BridgePort). None when
+    the XML names no tap (an inactive domain's): then only the frames can be sent."""
+    tap = _target_dev(element)
+    return BridgePort(bridge, tap) if tap and valid_ifname(tap) and valid_ifname(bridge) else None
 
 
 def _ovs_targets(

@@ -1,4 +1,5 @@
-"""Prints each frame that would leave, with its time since the first one; sends nothing."""
+"""Prints each frame that would leave, with its time since the first one; sends nothing, and
+writes no bridge FDB entry (it prints the one it would write)."""
 
 from __future__ import annotations
 
@@ -22,10 +23,24 @@ class DryRunSink:
     async def prepare(self, target: Target, frames: Sequence[bytes]) -> None:
         pass
 
-    def send(self, target: Target, frame: bytes) -> None:
+    def claim(self, target: Target) -> str:
+        assert target.bridge_port is not None
+        port = target.bridge_port
+        emit_line(
+            self._stream,
+            f"dry-run +{self._elapsed():7.3f}s  {port.bridge:<15} vlan {target.vlan if target.vlan is not None else '-'!s:<4}  "
+            f"{target.mac}  fdb replace {target.mac} dev {port.name} master dynamic (not written)",
+        )
+        return "not written (dry run)"
+
+    def _elapsed(self) -> float:
         now = time.monotonic()
         if self._start is None:
             self._start = now
+        return now - self._start
+
+    def send(self, target: Target, frame: bytes) -> None:
+        elapsed = self._elapsed()
         vlan = target.vlan if target.vlan is not None else "-"
         where = target.device if target.ovs is None else f"{target.device} in_port={target.ovs.ofport if target.ovs.ofport is not None else '?'} ({target.ovs.name})"
         kind, address = _describe(frame)
@@ -33,7 +48,7 @@ class DryRunSink:
         untagged = " untagged" if target.ovs is not None and not target.tagged and target.vlan is not None else ""
         emit_line(
             self._stream,
-            f"dry-run +{now - self._start:7.3f}s  {where:<15} vlan {vlan!s:<4}{untagged}  {target.mac}  "
+            f"dry-run +{elapsed:7.3f}s  {where:<15} vlan {vlan!s:<4}{untagged}  {target.mac}  "
             f"{what}  {len(frame)} bytes (not sent)",
         )
 

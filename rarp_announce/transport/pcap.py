@@ -37,6 +37,11 @@ class PcapSink:
     async def prepare(self, target: Target, frames: Sequence[bytes]) -> None:
         pass
 
+    def claim(self, target: Target) -> str:
+        # A pcap file holds frames only: the FDB write is reported by the command, never made.
+        assert target.bridge_port is not None
+        return f"not written (pcap): fdb replace {target.mac} dev {target.bridge_port.name} master dynamic"
+
     def send(self, target: Target, frame: bytes) -> None:
         seconds, micros = divmod(time.time_ns() // 1000, 1_000_000)
         self._file.write(_RECORD.pack(seconds, micros, len(frame), len(frame)) + frame)

@@ -4,7 +4,8 @@ A vNIC on Open vSwitch must be announced as if the guest sent the frame from its
 frame written into the bridge's internal port would teach OVS that the guest sits on the host
 (OVS learns a source MAC on the port a frame enters by, ofproto/ofproto-dpif-xlate.c, and then
 delivers the guest's traffic to the host). So the route is chosen by the target itself, never
-by a fallback.
+by a fallback. A vNIC on a Linux bridge gets the bridge's FDB entry pointed at its tap first
+(fdb.py), then its frames from the bridge device.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from rarp_announce.errors import DeviceError
 from rarp_announce.model import Target
+from rarp_announce.transport.fdb import BridgeFdb
+from rarp_announce.transport.neigh import SviNeighbours
 from rarp_announce.transport.raw import RawSocketSink
 
 if TYPE_CHECKING:
@@ -24,6 +28,8 @@ class WireSink:
 
     def __init__(self, openflow_endpoint: Callable[[str], str] | None = None) -> None:
         self.raw = RawSocketSink()
+        self.fdb = BridgeFdb()
+        self.neighbours = SviNeighbours()
         self._endpoint = openflow_endpoint
         self._openflow: OpenFlowSink | None = None
 
@@ -38,8 +44,29 @@ class WireSink:
     async def prepare(self, target: Target, frames: Sequence[bytes]) -> None:
         if target.ovs is None:
             await self.raw.prepare(target, frames)
+            if target.bridge_port is not None:
+                # A port not found is no reason to hold the frames back: the write looks it up again.
+                await self.fdb.prepare(target)
+                await self.neighbours.prepare(target)
         else:
             await self.openflow.prepare(target, frames)
+
+    def claim(self, target: Target) -> str:
+        """The bridge FDB entry, then the SVI neighbour entries; one refusal does not stop the other."""
+        done: list[str] = []
+        refused: list[str] = []
+        try:
+            done.append(self.fdb.claim(target))
+        except DeviceError as exc:
+            refused.append(exc.reason)
+        try:
+            done.extend(self.neighbours.claim(target))
+        except DeviceError as exc:
+            refused.append(f"{exc.device}: {exc.reason}")
+        if refused:
+            route = f"{target.bridge_port.bridge}:{target.bridge_port.name}" if target.bridge_port else target.route
+            raise DeviceError(route, "; ".join(refused + [f"done: {part}" for part in done]))
+        return "; ".join(done)
 
     def send(self, target: Target, frame: bytes) -> None:
         if target.ovs is None:
@@ -49,5 +76,7 @@ class WireSink:
 
     def close(self) -> None:
         self.raw.close()
+        self.fdb.close()
+        self.neighbours.close()
         if self._openflow is not None:
             self._openflow.close()

@@ -224,6 +224,8 @@ def install(hooks_dir: str, settings: HookSettings, *, single_script: bool = Fal
     """
     settings.check()
     template()  # fail before touching the hooks directory
+    for problem in _file_problems(settings):
+        raise InputError(problem)  # the hook would refuse it at every migration: say so now
     base = Path(hooks_dir)
     if base.exists() and not base.is_dir():
         raise InputError(f"--hooks-dir {hooks_dir} exists and is not a directory")
@@ -335,8 +337,19 @@ def status(hooks_dir: str) -> HookStatus:
                 up_to_date = render(settings, interpreter=interpreter) == text
             except AnnounceError:
                 up_to_date = False
+            problems.extend(_file_problems(settings))
         return HookStatus(hooks_dir, True, str(path), settings, up_to_date, problems, others)
     return HookStatus(hooks_dir, False, others=others)
+
+
+def _file_problems(settings: HookSettings) -> list[str]:
+    """What the hook would refuse in its waiter_dir and log_file as they are now (hookfiles.py)."""
+    from rarp_announce.triggers.hookfiles import log_file_problem, waiter_dir_problem
+
+    found = [waiter_dir_problem(settings.waiter_dir)]
+    if settings.log_file:
+        found.append(log_file_problem(settings.log_file))
+    return [problem for problem in found if problem is not None]
 
 
 def _replace(settings: HookSettings, **changes: object) -> HookSettings:

@@ -20,6 +20,7 @@ import errno
 import logging
 import os
 import signal
+import stat
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -29,11 +30,12 @@ from rarp_announce.announce.arrivals import Arrival, ArrivalTable, Observer
 from rarp_announce.announce.engine import Announcer, FrameObserver
 from rarp_announce.config import Config
 from rarp_announce.errors import AnnounceError, InputError
-from rarp_announce.model import FrameEvent, Resolution, Target
+from rarp_announce.model import FrameEvent, RefusedAddress, Resolution, Target
 from rarp_announce.names import check_uuid
 from rarp_announce.pids import wait_gone
 from rarp_announce.resolve.domxml import MAX_XML_BYTES
 from rarp_announce.transport.base import Sink
+from rarp_announce.triggers import hookfiles
 from rarp_announce.virt import lifecycle
 from rarp_announce.virt.lifecycle import Step
 
@@ -81,12 +83,18 @@ class _Log(Observer):
 
     def __init__(self, label: str) -> None:
         self.label = label
+        self.refused: set[RefusedAddress] = set()
 
     def resolved(self, arrival: Arrival, resolution: Resolution) -> None:
         for skipped in resolution.skipped:
             _log.info("domain %s: %s %s skipped: %s", self.label, skipped.kind, skipped.mac or "-", skipped.reason)
         for note in resolution.notes:
             _log.warning("domain %s: %s", self.label, note)
+        for refused in resolution.refused:
+            if refused not in self.refused:  # once: a waiter follows one arrival
+                self.refused.add(refused)
+                _log.warning("domain %s: address refused: %s %s (%s): %s: %s", self.label, refused.mac, refused.ip,
+                             refused.source, refused.reason, refused.detail)
 
     def resolve_failed(self, arrival: Arrival, error: str) -> None:
         _log.warning("domain %s: cannot resolve: %s", self.label, error)
@@ -137,6 +145,15 @@ class Waiter:
         self.table: ArrivalTable | None = None
 
     def _count(self, event: FrameEvent) -> None:
+        if event.type == "fdb":
+            port = event.target.bridge_port
+            where = f"{port.bridge}:{port.name}" if port is not None else event.target.route
+            if event.error:
+                _log.warning("domain %s: bridge FDB for %s on %s not written (frames sent anyway): %s", self.label,
+                             event.target.mac, where, event.error)
+            else:
+                _log.info("domain %s: bridge FDB for %s on %s: %s", self.label, event.target.mac, where, event.detail)
+            return
         if event.error:
             self.result.failed_frames += 1
         else:
@@ -309,13 +326,16 @@ def claim(waiter_dir: str, uuid: str) -> Iterator[bool]:
 
     Yields False when another live waiter holds it. The hook tests the same lock (posix.lockf)
     before it spawns a waiter, and reads the pid to end a waiter at `stopped`/`release`.
+    waiter_dir must be root's alone (hookfiles.py: InputError otherwise), and its files are
+    opened relative to it, never through a symlink.
     """
+    dir_fd = hookfiles.open_waiter_dir(waiter_dir, create=True)
+    assert dir_fd is not None
     try:
-        os.makedirs(waiter_dir, mode=0o700, exist_ok=True)
+        fd = os.open(f"{uuid}.pid", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
     except OSError as exc:
-        raise AnnounceError(f"cannot create the waiters' folder {waiter_dir}: {exc.strerror}") from None
-    path = os.path.join(waiter_dir, f"{uuid}.pid")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        os.close(dir_fd)
+        raise AnnounceError(f"cannot open the waiter's lock {waiter_dir}/{uuid}.pid: {exc.strerror}") from None
     try:
         try:
             os.lockf(fd, os.F_TLOCK, 0)
@@ -329,24 +349,37 @@ def claim(waiter_dir: str, uuid: str) -> Iterator[bool]:
         try:
             yield True
         finally:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(waiter_dir, f"{uuid}.xml"))
+            for name in (f"{uuid}.pid", f"{uuid}.xml"):
+                with contextlib.suppress(OSError):
+                    os.unlink(name, dir_fd=dir_fd)
     finally:
         os.close(fd)
+        os.close(dir_fd)
 
 
 def read_hook_xml(waiter_dir: str, uuid: str) -> str | None:
     """The domain XML the hook saved for this waiter, if any (removed once read)."""
-    path = os.path.join(waiter_dir, f"{uuid}.xml")
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_XML_BYTES + 1)  # a bigger one is refused by the parse anyway
-    except OSError:
+        dir_fd = hookfiles.open_waiter_dir(waiter_dir, create=False)
+    except AnnounceError as exc:
+        _log.warning("not reading the hook's copy of the XML: %s", exc)
         return None
-    with contextlib.suppress(OSError):
-        os.unlink(path)
+    if dir_fd is None:
+        return None
+    name = f"{uuid}.xml"
+    try:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError:
+            return None
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return None
+            data = handle.read(MAX_XML_BYTES + 1)  # a bigger one is refused by the parse anyway
+        with contextlib.suppress(OSError):
+            os.unlink(name, dir_fd=dir_fd)
+    finally:
+        os.close(dir_fd)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

@@ -275,7 +275,10 @@ def test_domain_pcap_announces_every_target_on_the_config_schedule(node: str, co
     starts = [frames[i * len(targets)][0] for i in range(3)]
     assert starts[1] - starts[0] == pytest.approx(0.020, abs=0.015)
     assert starts[2] - starts[1] == pytest.approx(0.020, abs=0.015)
-    assert result.stdout.strip() == f"announced 6 MAC(s) to {pcap}: 27 frame(s) over 0.040 s"
+    *fdb, summary = result.stdout.strip().splitlines()
+    assert summary == f"announced 6 MAC(s) to {pcap}: 27 frame(s) over 0.040 s"
+    # The Linux-bridge vNICs' FDB step is reported, never made, with --pcap.
+    assert_fdb_reported(fdb, [t for t in targets if t.bridge_port is not None], "pcap")
 
 
 @pytest.mark.parametrize("name", ["bridges", "networks", "direct", "sriov"])
@@ -286,7 +289,17 @@ def test_domain_pcap_of_each_fixture_domain_matches_its_targets(node: str, confi
     live = BRIDGES_LIVE if name == "bridges" else EXPECTED_TARGETS[f"{name}.xml"]
     wanted = THROUGH_LIBVIRT.get(name) or [(t.mac, t.device, t.vlan if t.tagged else None) for t in live]
     assert [frame for _, frame in read_pcap(pcap)] == [scapy_frame(octets(mac), vlan) for mac, _device, vlan in wanted]
-    assert result.stdout.startswith(f"announced {len({mac for mac, _d, _v in wanted})} MAC(s) to {pcap}: {len(wanted)} frame(s)")
+    *fdb, summary = result.stdout.strip().splitlines()
+    assert summary.startswith(f"announced {len({mac for mac, _d, _v in wanted})} MAC(s) to {pcap}: {len(wanted)} frame(s)")
+    assert_fdb_reported(fdb, [t for t in live if t.bridge_port is not None], "pcap")
+
+
+def assert_fdb_reported(lines: list[str], targets: list, how: str) -> None:
+    """One line per Linux-bridge vNIC (a trunk's VLANs share its entry), naming its MAC and tap."""
+    pattern = re.compile(rf"bridge FDB on (\S+):(\S+): not written \({how}\): fdb replace (\S+) dev \2 master dynamic")
+    matches = [pattern.fullmatch(line) for line in lines]
+    assert all(matches), lines
+    assert sorted(m.group(3) for m in matches if m) == sorted({t.mac for t in targets})
 
 
 def test_domain_with_nothing_to_announce_says_why(node: str, config: str) -> None:

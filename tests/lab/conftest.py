@@ -3,11 +3,27 @@ implementation per process, so lab tests cannot share a process with the daemon'
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
 
 import pytest
 
 from tests.conftest import require
+
+
+def lab_prerequisites(*tools: str) -> None:
+    """Root, libvirtd and QEMU (and `tools`), the libvirt-qemu user, libvirt-python: the lab's needs."""
+    require(os.geteuid() == 0, "the lab needs root")
+    for tool in ("libvirtd", "virsh", "qemu-system-x86_64", "unshare", *tools):
+        require(shutil.which(tool) is not None, f"the lab needs {tool}")
+    require(subprocess.run(["id", "libvirt-qemu"], capture_output=True).returncode == 0,
+            "libvirtd needs the user libvirt-qemu (make setup creates it)")
+    try:
+        import libvirt  # noqa: F401
+    except ImportError:
+        require(False, "the lab needs libvirt-python")
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,8 @@ import time
 import pytest
 
 from rarp_announce.lab.netns import wait_until
-from tests.conftest import ROOT, require
+from tests.conftest import ROOT
+from tests.lab.conftest import lab_prerequisites
 
 pytestmark = pytest.mark.lab
 
@@ -30,15 +30,7 @@ ROUNDS = 5  # QEMU's default schedule, which the daemon and hook use unless conf
 
 
 def _prerequisites() -> None:
-    require(os.geteuid() == 0, "the lab needs root")
-    for tool in ("libvirtd", "virsh", "qemu-system-x86_64", "ovs-vswitchd", "ovsdb-server", "nft", "unshare"):
-        require(shutil.which(tool) is not None, f"the lab needs {tool}")
-    require(subprocess.run(["id", "libvirt-qemu"], capture_output=True).returncode == 0,
-            "libvirtd needs the user libvirt-qemu (make setup creates it)")
-    try:
-        import libvirt  # noqa: F401
-    except ImportError:
-        require(False, "the lab needs libvirt-python")
+    lab_prerequisites("ovs-vswitchd", "ovsdb-server", "nft")
 
 
 def _open_lab(mode: str, **options):

@@ -334,10 +334,10 @@ def test_domain(libvirt_module):
 
 def test_source_numbers_match_libvirt(libvirt_module):
     lv = libvirt_module
+    # libvirt's ARP source is not used (it matches any device; resolve/neighbours.py reads the table).
     assert module.LIBVIRT_SOURCES == {
         "lease": lv.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
         "agent": lv.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
-        "arp": lv.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
     }
 
 
@@ -354,7 +354,7 @@ def driver_addresses(dom) -> dict[str, str]:
     }
 
 
-@pytest.mark.parametrize("source", ["lease", "arp", "agent"])
+@pytest.mark.parametrize("source", ["lease", "agent"])
 def test_each_libvirt_source_against_the_test_driver(test_domain, source):
     _libvirt, dom = test_domain
     found, reasons = asyncio.run(libvirt_addresses(dom, [source], timeout=5))
@@ -365,8 +365,8 @@ def test_each_libvirt_source_against_the_test_driver(test_domain, source):
 
 def test_all_sources_at_once_keep_the_first_source(test_domain):
     _libvirt, dom = test_domain
-    found, reasons = asyncio.run(libvirt_addresses(dom, ["metadata", "arp", "config", "lease", "agent"], timeout=5))
-    assert found == {mac: [A(ip, "arp")] for mac, ip in driver_addresses(dom).items()}
+    found, reasons = asyncio.run(libvirt_addresses(dom, ["metadata", "arp", "config", "agent", "lease"], timeout=5))
+    assert found == {mac: [A(ip, "agent")] for mac, ip in driver_addresses(dom).items()}
     assert reasons == []
 
 
@@ -375,7 +375,7 @@ def test_a_stopped_domain_gives_one_reason_per_source(test_domain):
     dom.destroy()
     found, reasons = asyncio.run(libvirt_addresses(dom, ["lease", "arp", "agent"], timeout=5))
     assert found == {}
-    assert reasons == [f"{source}: Requested operation is not valid: domain is not running" for source in ("lease", "arp", "agent")]
+    assert reasons == [f"{source}: Requested operation is not valid: domain is not running" for source in ("lease", "agent")]
 
 
 def test_a_domain_that_is_gone_gives_one_reason_per_source(test_domain):
@@ -406,7 +406,7 @@ def test_an_unknown_source_name_is_a_reason_without_a_call():
 
     found, reasons = asyncio.run(libvirt_addresses(Untouchable(), ["dhcp", "metadata", "config"], timeout=1))
     assert found == {}
-    assert reasons == ["'dhcp': not an address source (expected one of metadata, config, lease, arp, agent)"]
+    assert reasons == ["'dhcp': not an address source (expected one of metadata, config, nwfilter, lease, arp, agent)"]
 
 
 class AgentShaped:
@@ -581,3 +581,49 @@ def test_guest_announce_gives_up_a_hung_monitor(monkeypatch, libvirt_module):
         release.set()
     assert reason == "announce-self: no answer within 0.2 s: given up (the call may still be blocked in libvirt)"
     assert elapsed < 1.0
+
+
+# --- nwfilter parameters (operator-vouched) ----------------------------------------------------
+
+NWFILTER_XML = """<domain type='kvm'><name>web</name><devices>
+  <interface type='bridge'><mac address='52:54:00:12:34:56'/><source bridge='br0'/>
+    <filterref filter='clean-traffic'>
+      <parameter name='IP' value='10.0.0.5'/><parameter name='IP' value='10.0.0.6'/>
+      <parameter name='IPV6' value='2001:DB8::5'/><parameter name='CTRL_IP_LEARNING' value='none'/>
+      <parameter name='IP' value='224.0.0.1'/>
+    </filterref></interface>
+  <interface type='bridge'><mac address='52:54:00:12:34:57'/><source bridge='br0'/></interface>
+  <interface type='bridge'><source bridge='br0'/><filterref filter='clean-traffic'><parameter name='IP' value='10.0.0.9'/></filterref></interface>
+</devices></domain>"""
+
+
+def test_nwfilter_ip_parameters_are_the_operators_addresses():
+    found, reasons = module.nwfilter_addresses(parse_domain(NWFILTER_XML))
+    assert found == {"52:54:00:12:34:56": ["10.0.0.5", "10.0.0.6", "2001:db8::5"]}
+    assert reasons == [
+        "nwfilter: interface 52:54:00:12:34:56: parameter 'IP': IP address '224.0.0.1' is a multicast address: only a unicast address can be announced: skipped",
+        "nwfilter: <filterref> of an interface skipped: no <mac address=...>",
+    ]
+
+
+def test_nwfilter_is_a_default_source_and_resolves_onto_targets():
+    from rarp_announce.config import Config
+    from rarp_announce.resolve.interfaces import resolve_xml
+
+    resolution = resolve_xml(NWFILTER_XML, Config())
+    assert [(t.mac, [a.record() for a in t.addresses]) for t in resolution.targets] == [
+        ("52:54:00:12:34:56", [{"ip": "10.0.0.5", "source": "nwfilter"}, {"ip": "10.0.0.6", "source": "nwfilter"},
+                               {"ip": "2001:db8::5", "source": "nwfilter"}]),
+        ("52:54:00:12:34:57", []),
+    ]
+    assert resolve_xml(NWFILTER_XML, Config(addresses=AddressesConfig(sources=("metadata",)))).targets[0].addresses == ()
+
+
+def test_guest_sources_given_to_resolve_xml_unvetted_are_never_attached():
+    from rarp_announce.config import Config
+    from rarp_announce.resolve.interfaces import resolve_xml
+
+    config = Config(addresses=AddressesConfig(sources=("agent", "arp", "lease")))
+    found = {"52:54:00:12:34:57": [A("192.0.2.1", "agent"), A("192.0.2.2", "arp"), A("192.0.2.3", "lease")]}
+    resolution = resolve_xml(NWFILTER_XML, config, found_addresses=found)
+    assert resolution.targets[1].addresses == (A("192.0.2.3", "lease"),)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import NetNS
 
+from rarp_announce import netdev
 from rarp_announce.resolve import hostnet
 from rarp_announce.lab.netns import inside
 
@@ -65,13 +66,13 @@ def test_many_names_are_read_from_one_dump_with_the_same_answers(topology, monke
         ipr.link("set", ifname="d3", master=ipr.link_lookup(ifname="br0")[0])
         ipr.link("set", ifname="d4", state="up")
     names = ["br0", "uplink", "gone0", "a/b", *(f"d{index}" for index in range(20))]
-    assert len([n for n in names if hostnet.valid_ifname(n)]) > hostnet._DUMP_ABOVE
+    assert len([n for n in names if hostnet.valid_ifname(n)]) > netdev._DUMP_ABOVE
     with inside(ns):
         deadline = time.monotonic() + 3  # linkwatch sets d4's operstate asynchronously: bounded wait
         while links(["d4"])["d4"].operstate != "LOWERLAYERDOWN" and time.monotonic() < deadline:
             time.sleep(0.02)
         dumped = links(names)
-        monkeypatch.setattr(hostnet, "_DUMP_ABOVE", 1000)  # the same names asked one by one
+        monkeypatch.setattr(netdev, "_DUMP_ABOVE", 1000)  # the same names asked one by one
         asked = links(names)
     assert dumped == asked
     assert dumped["gone0"] is None and dumped["a/b"] is None

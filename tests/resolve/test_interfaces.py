@@ -15,7 +15,7 @@ from rarp_announce.announce.engine import frames_for
 from rarp_announce.config import Config
 from rarp_announce.errors import InputError
 from rarp_announce.lab.netns import inside
-from rarp_announce.model import OvsPort, Resolution, Skipped, Target
+from rarp_announce.model import BridgePort, OvsPort, Resolution, Skipped, Target
 from rarp_announce.resolve.domxml import MAX_XML_BYTES, parse_domain
 from rarp_announce.resolve.interfaces import resolve_xml
 
@@ -32,7 +32,10 @@ def resolve(name: str, config: Config = CONFIG, **kwargs) -> Resolution:
 
 
 def T(mac, device, vlan, kind, interface):
-    return Target(mac, device, vlan, kind, interface)
+    # A vNIC on a Linux bridge (type bridge or network) carries its tap: the bridge's FDB entry
+    # is pointed there before the frames leave the bridge device.
+    port = BridgePort(device, interface) if kind in ("bridge", "network") else None
+    return Target(mac, device, vlan, kind, interface, bridge_port=port)
 
 
 def OVS(mac, bridge, vlan, interface, *, tagged=False):
@@ -393,3 +396,21 @@ def test_fuzz_mutated_fixtures(document):
 def test_resolution_dataclasses_are_plain_data():
     resolution = resolve("sriov.xml")
     assert dataclasses.asdict(resolution)["skipped"][0]["kind"] == "hostdev"
+
+
+def test_only_vouched_addresses_become_svi_neighbours_never_a_guest_claimed_one() -> None:
+    """A Linux-bridge vNIC's operator- and host-vouched addresses are written as the SVI's
+    neighbour entries at the arrival (EVPN MAC+IP routes); a guest source's never are."""
+    import dataclasses
+
+    from rarp_announce.model import Address
+
+    mac = "52:54:00:01:00:01"
+    config = dataclasses.replace(CONFIG, addresses=dataclasses.replace(
+        CONFIG.addresses, sources=("metadata", "config", "nwfilter", "lease", "arp")))
+    found = {mac: [Address("192.0.2.50", "lease"), Address("192.0.2.99", "arp")]}
+    resolution = resolve("bridges.xml", config, found_addresses=found)
+    target = next(t for t in resolution.targets if t.mac == mac)
+    assert target.bridge_port == BridgePort("br0", "vnet0")
+    assert target.neighbours == ("192.0.2.50",)
+    assert "192.0.2.99" not in [a.ip for a in target.addresses]  # guest sources join only after vetting

@@ -439,7 +439,7 @@ def test_a_stale_pid_file_is_no_waiter(short_dir: Path) -> None:
     """A pid file nobody holds locked (a waiter killed with SIGKILL) never stops a new waiter,
     and its pid (maybe reused by anything) is never signalled."""
     made = make_hook(short_dir, mode="standalone")
-    (short_dir / "waiters").mkdir()
+    (short_dir / "waiters").mkdir(mode=0o700)  # as the hook makes it: any other it refuses
     (short_dir / "waiters" / f"{UUID}.pid").write_text(f"{os.getpid()}\n")
     try:
         done, elapsed = made.run(["guest1", "stopped", "end", "-"], two_nic_xml().encode())

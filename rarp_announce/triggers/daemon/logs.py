@@ -9,11 +9,12 @@ import json
 import logging
 import sys
 import time
+import weakref
 from typing import TextIO
 
 from rarp_announce.announce.arrivals import Arrival, Observer
 from rarp_announce.errors import InputError
-from rarp_announce.model import Resolution, Target
+from rarp_announce.model import FrameEvent, RefusedAddress, Resolution, Target
 from rarp_announce.names import one_line
 
 LOGGER = "rarp_announce.daemon"
@@ -99,11 +100,36 @@ def log_announcement(logger: logging.Logger, target: Target, *, domain: str | No
     log_event(logger, logging.INFO, "announce", **fields)
 
 
+def log_fdb_step(logger: logging.Logger, event: FrameEvent) -> None:
+    """Announcer observer: one line per bridge FDB step (frames are counted, not logged)."""
+    if event.type != "fdb" or event.target.bridge_port is None:
+        return
+    port = event.target.bridge_port
+    fields: dict[str, object] = dict(domain=event.domain, mac=event.target.mac, bridge=port.bridge, port=port.name,
+                                     vlan=event.target.vlan)
+    if event.error is not None:
+        log_event(logger, logging.WARNING, "bridge FDB not written; frames sent anyway", **fields, reason=event.error)
+    else:
+        log_event(logger, logging.INFO, "bridge FDB", **fields, done=event.detail)
+
+
+def first_time_refused(seen: weakref.WeakKeyDictionary[Arrival, set[RefusedAddress]], arrival: Arrival,
+                       resolution: Resolution) -> list[RefusedAddress]:
+    """The refused addresses of `resolution` not yet reported for this arrival: the `resolved`
+    event comes again whenever anything of the resolution changes (a retry, a port rewired),
+    and a refusal is said (and counted) once per arrival. Forgotten with the arrival."""
+    said = seen.setdefault(arrival, set())
+    fresh = [refused for refused in resolution.refused if refused not in said]
+    said.update(fresh)
+    return fresh
+
+
 class LogObserver(Observer):
     """One line per announced MAC, and one per problem: what it is, and what happens next."""
 
     def __init__(self, logger: logging.Logger) -> None:
         self.log = logger
+        self._refused: weakref.WeakKeyDictionary[Arrival, set[RefusedAddress]] = weakref.WeakKeyDictionary()
 
     def resolved(self, arrival: Arrival, resolution: Resolution) -> None:
         for skipped in resolution.skipped:
@@ -111,6 +137,9 @@ class LogObserver(Observer):
                       kind=skipped.kind, interface=skipped.interface, reason=skipped.reason)
         for note in resolution.notes:
             log_event(self.log, logging.WARNING, "note", domain=arrival.name, note=note)
+        for refused in first_time_refused(self._refused, arrival, resolution):
+            log_event(self.log, logging.WARNING, "address refused", domain=arrival.name, mac=refused.mac, ip=refused.ip,
+                      source=refused.source, reason=refused.reason, detail=refused.detail)
 
     def resolve_failed(self, arrival: Arrival, error: str) -> None:
         log_event(self.log, logging.ERROR, "cannot resolve domain", domain=arrival.name, error=error)

@@ -20,16 +20,19 @@ import selectors
 import socket
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from rarp_announce import __version__
 from rarp_announce.announce.arrivals import Arrival, Observer
 from rarp_announce.config import parse_address
 from rarp_announce.errors import InputError
-from rarp_announce.model import FrameEvent, Target
+from rarp_announce.model import FrameEvent, RefusedAddress, Resolution, Target
+from rarp_announce.triggers.daemon.logs import first_time_refused
 
 # Event-to-first-frame latency is expected well under a millisecond: buckets start at 50 µs.
 _WAIT_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0)
@@ -49,6 +52,18 @@ class Metrics:
         )
         self.failures = Counter(
             "rarp_announce_failures", "Failures, by reason.", ["reason"], registry=self.registry
+        )
+        self.bridge_fdb = Counter(
+            "rarp_announce_bridge_fdb",
+            "Linux bridge FDB steps before a vNIC's first frame: written (the MAC pointed at the guest's "
+            "port), kept (already there, or a static entry left alone), refused (see failures{reason=\"bridge_fdb\"}).",
+            ["outcome"], registry=self.registry
+        )
+        self.refused = Counter(
+            "rarp_announce_addresses_refused",
+            "Addresses a guest-vouched source (arp, agent) named and the policy refused, once per arrival, "
+            "by source and reason (not_allowed, host_address, next_hop, other_mac, other_guest).",
+            ["source", "reason"], registry=self.registry
         )
         self.latency = Histogram(
             "rarp_announce_first_frame_latency_seconds",
@@ -74,6 +89,11 @@ class Metrics:
             "From the arrival to a target's route being ready (an OVS port wired, a device up), by route type.",
             ["route"], buckets=_WAIT_BUCKETS, registry=self.registry,
         )
+        self.build_info = Gauge(
+            "rarp_announce_build_info", "Always 1; the label says which rarp-announce runs.", ["version"],
+            registry=self.registry,
+        )
+        self.build_info.labels(__version__).set(1)
         self._frame_children: dict[tuple[str, str], Counter] = {}
         self._failure_children: dict[str, Counter] = {}
         self._server: _MetricsServer | None = None
@@ -81,6 +101,12 @@ class Metrics:
 
     def observe_frame(self, event: FrameEvent) -> None:
         """Announcer observer: count each frame by interface type, or its failure by reason."""
+        if event.type == "fdb":
+            outcome = "refused" if event.error is not None else "written" if (event.detail or "").startswith("set ") else "kept"
+            self.bridge_fdb.labels(outcome).inc()
+            if event.error is not None:
+                self.failure("bridge_fdb")
+            return
         if event.error is None:
             labels = (event.target.kind, event.type)
             child = self._frame_children.get(labels)
@@ -101,6 +127,12 @@ class Metrics:
 
     def serve(self, address: str) -> None:
         host, port = parse_address(address)
+        if is_wildcard(host):
+            # The endpoint has no authentication: what it tells (guests, MACs, bridges, VLANs,
+            # failures) is then open to every network the host is on, the guests' own included.
+            _log.warning("metrics on %s listen on every address of this host: they are then reachable from every "
+                         "network the host is on; bind to one address instead ([daemon] metrics or --metrics), "
+                         "such as 127.0.0.1:%d or the management network's address", address, port)
         try:
             self._server = _MetricsServer(host, port, self.registry)
         except OSError as exc:
@@ -115,6 +147,18 @@ class Metrics:
             if self._thread is not None:
                 self._thread.join(1.0)
                 self._thread = None
+
+
+def is_wildcard(host: str) -> bool:
+    """True for an address that binds every address of the host: 0.0.0.0, ::, "" and their spellings."""
+    import ipaddress
+
+    if host in ("", "*"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False  # a host name: bound to whatever it resolves to
 
 
 MAX_CLIENTS = 64
@@ -360,6 +404,11 @@ class MetricsObserver(Observer):
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        self._refused: weakref.WeakKeyDictionary[Arrival, set[RefusedAddress]] = weakref.WeakKeyDictionary()
+
+    def resolved(self, arrival: Arrival, resolution: Resolution) -> None:
+        for refused in first_time_refused(self._refused, arrival, resolution):
+            self.metrics.refused.labels(refused.source, refused.reason).inc()
 
     def announced(self, arrival: Arrival, targets: list[Target], trigger: str, latency: float | None) -> None:
         for kind in {t.kind for t in targets}:

@@ -9,6 +9,7 @@ what `status` shows in status.py; every arrival is handled by the arrival table
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -17,6 +18,7 @@ import socket
 import time
 from typing import Any
 
+from rarp_announce import __version__
 from rarp_announce.announce.arrivals import ArrivalTable
 from rarp_announce.announce.engine import Announcer
 from rarp_announce.config import Config, load_config
@@ -27,7 +29,7 @@ from rarp_announce.transport.base import Sink
 from rarp_announce.transport.wire import WireSink
 from rarp_announce.triggers.daemon.ledger import QEMU_PID_DIR, Ledger
 from rarp_announce.triggers.daemon.lifecycle import LibvirtTrigger
-from rarp_announce.triggers.daemon.logs import LOGGER, LogObserver, log_event
+from rarp_announce.triggers.daemon.logs import LOGGER, LogObserver, log_event, log_fdb_step
 from rarp_announce.triggers.daemon.metrics import Metrics
 from rarp_announce.triggers.daemon.requests import Requests
 from rarp_announce.triggers.daemon.status import StatusObserver, daemon_status
@@ -60,7 +62,8 @@ class Daemon:
         self.log = logging.getLogger(LOGGER)
         self.metrics = Metrics()
         self.sink = sink if sink is not None else WireSink(lambda bridge: self.config.ovs.endpoint(bridge))
-        self.announcer = Announcer(self.sink, observers=[self.metrics.observe_frame])
+        self.announcer = Announcer(self.sink, observers=[self.metrics.observe_frame,
+                                                         functools.partial(log_fdb_step, self.log)])
         self.metrics.in_flight.set_function(lambda: len(self.announcer.in_flight))  # counted at scrape time
         self.status_log = StatusObserver()
         self.ovs: Any = None  # resolve.ovsdb.OvsdbView once started, when OVSDB is to be read
@@ -111,7 +114,7 @@ class Daemon:
         self.ledger.load()
         warm_up()
         register_event_loop(loop)  # before any connection, or events are lost
-        self.control = ControlServer(self.control_socket, self.requests.handle)
+        self.control = ControlServer(self.control_socket, self.requests.handle, group=self.config.daemon.control_group)
         await self.control.start()
         if self.metrics_address:
             self.metrics.serve(self.metrics_address)
@@ -133,7 +136,7 @@ class Daemon:
         # What exists now (modules, the connection) lives as long as the process: keep it out of
         # the collector's full passes, which otherwise pause the loop for milliseconds.
         gc.freeze()
-        log_event(self.log, logging.INFO, "daemon ready", uri=self.uri, control_socket=self.control_socket,
+        log_event(self.log, logging.INFO, "daemon ready", version=__version__, uri=self.uri, control_socket=self.control_socket,
                   state_dir=self.state_dir, metrics=self.metrics_address,
                   ovsdb=self.config.ovs.remote() or "off")
 
@@ -230,6 +233,8 @@ class Daemon:
             needs_restart.append("ovs.db")
         if self.watcher is not None:
             self.watcher.reconnect_max = config.daemon.reconnect_max
+        if self.control is not None and old.daemon.control_group != config.daemon.control_group:
+            self.control.set_group(config.daemon.control_group)
         log_event(self.log, logging.INFO, "config reloaded", path=self.config_path or "defaults",
                   restart_needed_for=",".join(needs_restart) or None)
 

@@ -8,6 +8,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from rarp_announce import __version__
 from rarp_announce.announce.arrivals import Arrival, Observer
 from rarp_announce.model import Target
 
@@ -62,6 +63,7 @@ def daemon_status(daemon: Daemon) -> dict[str, Any]:
             })
     ovs = daemon.ovs
     return {
+        "version": __version__,
         "pid": os.getpid(),
         "started": round(daemon.started, 3),
         "uri": daemon.uri,
