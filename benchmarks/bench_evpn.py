@@ -23,7 +23,6 @@ Needs root, the lab's packages and FRR; without them it reports why instead of n
 from __future__ import annotations
 
 import os
-import shutil
 import statistics
 from collections.abc import Callable
 
@@ -31,14 +30,10 @@ Row = dict
 
 
 def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root"
-    for tool in ("libvirtd", "qemu-system-x86_64", "ovs-vswitchd", "nft"):
-        if shutil.which(tool) is None:
-            return f"needs {tool}"
+    from benchmarks.bench_lab import _missing as lab_missing
     from rarp_announce.lab.frr import frr_missing
 
-    return frr_missing()
+    return lab_missing() or frr_missing()
 
 
 def _phase(lab, name: str, migrations: int, rows: list[Row]) -> None:
