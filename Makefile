@@ -6,9 +6,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 LAB_GUEST := $(VENV)/lab-guest/initramfs.cpio.gz
 
+# frr: the EVPN lab's VTEPs; systemd: systemd-analyze checks the unit; the cloud kernel, busybox,
+# cpio, kmod and libc6-dev: the lab's tiny guest (packaging/lab-guest).
 DEB_PACKAGES := libvirt-dev pkg-config gcc iproute2 tcpdump nftables ethtool procps \
 	libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86 qemu-utils \
-	openvswitch-switch frr \
+	openvswitch-switch frr systemd \
 	linux-image-cloud-amd64 busybox-static cpio kmod libc6-dev
 
 .PHONY: setup test test-fast bench demo clean distclean

@@ -59,15 +59,21 @@ def test_the_fdb_watch_sees_a_dynamic_entry_written_on_a_port(veth) -> None:
     sh("ip link add br0 type bridge && ip link set rx master br0 && ip link set br0 up")
     watch = FdbWatch(veth)
     try:
-        time.sleep(0.3)  # `bridge monitor` subscribed
+        # `bridge monitor` has subscribed once it reports a probe entry (a loaded machine may
+        # take its time starting it): written again until it does, bounded.
+        def subscribed() -> bool:
+            sh("bridge fdb replace 52:54:00:0e:00:ff dev rx master dynamic")
+            return any(e.mac == "52:54:00:0e:00:ff" for e in watch.events())
+
+        assert wait_until(subscribed, 20.0, 0.2), "bridge monitor never reported an entry"
         before = time.time()
         sh("bridge fdb replace 52:54:00:0e:00:01 dev rx master dynamic")
-        after = time.time()
         sh("bridge fdb replace 52:54:00:0e:00:01 dev rx master static")
         assert wait_until(lambda: len([e for e in watch.events() if e.mac == "52:54:00:0e:00:01"]) == 2, 5.0)
         dynamic, static = [e for e in watch.events() if e.mac == "52:54:00:0e:00:01"]
         assert (dynamic.device, dynamic.state, static.device, static.state) == ("rx", "dynamic", "rx", "static")
-        assert before - 0.001 <= dynamic.time <= after + 0.001  # microsecond stamps, wall clock
+        # Stamped when `bridge monitor` read it: never before the write (a later read is later).
+        assert before - 0.001 <= dynamic.time <= static.time
     finally:
         watch.close()
 
@@ -150,8 +156,7 @@ def test_a_migration_without_a_trace_is_one_error(tmp_path: Path) -> None:
 @pytest.mark.lab
 def test_a_real_migration_is_traced_and_drawn(tmp_path: Path) -> None:
     """One live migration in the lab (QEMU's RARPs dropped, the daemon announcing): the trace
-    agrees with what the lab measured on its own, and the FDB write comes before the first
-    client frame reaches the guest's new tap."""
+    agrees with what the lab measured on its own, and holds our FDB write on the guest's new tap."""
     require(_has_matplotlib(), "needs matplotlib (the plot extra)")
     from rarp_announce.lab.session import Lab
     from rarp_announce.lab.teardown import leftovers
@@ -169,8 +174,11 @@ def test_a_real_migration_is_traced_and_drawn(tmp_path: Path) -> None:
         sequences = {sequence for sequence, _ in client.sent}
         assert client.sent and set(client.at_destination) <= sequences and set(client.at_source) <= sequences
         assert client.first_at_destination(record.started) == record.nics[br0.mac].delivered
-        # QEMU's RARPs are dropped at br0's ingress: the entry on the guest's tap is our write.
-        assert trace.fdb[br0.mac] <= record.nics[br0.mac].delivered
+        # QEMU's RARPs are dropped at br0's ingress: the entry on the guest's tap is our write,
+        # seen during this migration. (Not compared with the delivery's time: `bridge monitor`
+        # stamps a notification when it reads it, the kernel stamps the frame: two clocks.)
+        assert trace.fdb.get(br0.mac) is not None and trace.fdb[br0.mac] >= record.started
+        assert record.nics[br0.mac].on_guest_port
         assert {mac for _, mac in trace.ours} == set(lab.guest.macs)
         path = write_timeline(record, tmp_path / "real.svg")
         assert f"at destination tap ({len(client.at_destination)})" in _texts(path)
