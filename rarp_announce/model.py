@@ -84,6 +84,11 @@ class BridgePort:
     bridge: str
     name: str
 
+    @property
+    def label(self) -> str:
+        """`bridge:port`, as errors, logs and reports name it."""
+        return f"{self.bridge}:{self.name}"
+
 
 @dataclass(frozen=True)
 class Target:

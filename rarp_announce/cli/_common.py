@@ -215,7 +215,7 @@ class FrameTally:
     def __call__(self, event: FrameEvent) -> None:
         if event.type == "fdb":
             port = event.target.bridge_port
-            where = f"{port.bridge}:{port.name}" if port is not None else event.target.route
+            where = port.label if port is not None else event.target.route
             if event.error:
                 self.failures.append(f"bridge FDB for {event.target.mac} on {where} not written "
                                      f"(the frames were sent): {event.error}")
@@ -268,6 +268,15 @@ def summary_line(targets: Sequence[Target], sink: Sink, sent: int, schedule: Sch
     return f"announced {len({t.mac for t in targets})} MAC(s) {where}: {sent} frame(s) over {schedule.duration:.3f} s"
 
 
+def report_summary(targets: Sequence[Target], sink: Sink, tally: FrameTally, schedule: Schedule) -> None:
+    """What each bridge FDB step did, then the summary line (stdout, text mode)."""
+    from rarp_announce.textio import emit_line
+
+    for line in tally.fdb:
+        emit_line(sys.stdout, line)
+    emit_line(sys.stdout, summary_line(targets, sink, tally.sent, schedule))
+
+
 def report_failures(tally: FrameTally) -> int:
     if tally.failures:
         typer.echo(f"rarp-announce: error: {tally.failures[0]} ({len(tally.failures)} frame(s) failed)", err=True)
@@ -291,7 +300,6 @@ def run_announcement(
     from rarp_announce.errors import DeviceError
     from rarp_announce.resolve.hostnet import device_problems
     from rarp_announce.transport.dryrun import DryRunSink
-    from rarp_announce.textio import emit_line
 
     tally = FrameTally()
     observers = [tally] + ([frame_reporter()] if as_json else [])
@@ -313,7 +321,5 @@ def run_announcement(
     finally:
         sink.close()
     if not as_json and not isinstance(sink, DryRunSink):
-        for line in tally.fdb:
-            emit_line(sys.stdout, line)
-        emit_line(sys.stdout, summary_line(targets, sink, tally.sent, schedule))
+        report_summary(targets, sink, tally, schedule)
     return report_failures(tally)

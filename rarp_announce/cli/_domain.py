@@ -6,14 +6,13 @@ Imported only when the command runs: the table pulls in asyncio and the announce
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any
 
 import typer
 
 from rarp_announce.announce.arrivals import Arrival, ArrivalTable, Observer
 from rarp_announce.announce.engine import Announcer
-from rarp_announce.cli._common import FrameTally, report_failures, route_label, summary_line
+from rarp_announce.cli._common import FrameTally, report_failures, report_summary, route_label
 from rarp_announce.errors import AnnounceError, InputError
 from rarp_announce.model import RefusedAddress, Resolution, Target
 
@@ -85,7 +84,6 @@ async def announce_domain(dom: Any, document: str, config: Config, conn: Any, si
     """The arrival table, as the daemon uses it, for one arrival of `dom` announced now."""
     from rarp_announce.cli._report import frame_reporter
     from rarp_announce.cli.resolve import host_resolver
-    from rarp_announce.textio import emit_line
     from rarp_announce.transport.dryrun import DryRunSink
 
     name, uuid = dom.name(), dom.UUIDString()
@@ -117,7 +115,5 @@ async def announce_domain(dom: Any, document: str, config: Config, conn: Any, si
     if not announced:
         raise AnnounceError(f"domain {name!r} has nothing to announce: every device is missing or down")
     if not as_json and not isinstance(sink, DryRunSink):
-        for line in tally.fdb:
-            emit_line(sys.stdout, line)
-        emit_line(sys.stdout, summary_line(announced, sink, tally.sent, config.schedule))
+        report_summary(announced, sink, tally, config.schedule)
     return report_failures(tally) or (1 if report.failed or len(announced) < len(entry.targets) else 0)

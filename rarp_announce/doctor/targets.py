@@ -72,6 +72,6 @@ def _where(target: Target) -> str:
     else:
         route = f"from {target.device}"
         if target.bridge_port is not None:
-            route += f" after the FDB write on {target.bridge_port.bridge}:{target.bridge_port.name}"
+            route += f" after the FDB write on {target.bridge_port.label}"
     addresses = ", ".join(f"{a.ip} ({a.source})" for a in target.addresses)
     return f"{route}, {vlan}" + (f", addresses {addresses}" if addresses else ", RARP only")

@@ -85,7 +85,7 @@ class BridgeFdb:
         where = target.bridge_port
         if where is None:
             return "no Linux bridge port"
-        label = f"{where.bridge}:{where.name}"
+        label = where.label
         port = self._ports.get((where.bridge, where.name)) or self._lookup(where.bridge, where.name, label)
         try:
             return self._claim(target, port)
@@ -105,7 +105,7 @@ class BridgeFdb:
     def _claim(self, target: Target, port: _Port) -> str:
         assert target.bridge_port is not None
         where = target.bridge_port
-        label = f"{where.bridge}:{where.name}"
+        label = where.label
         vlan = target.vlan if port.vlan_filtering else None
         current = self._rtnl.get_fdb(target.mac, port.bridge_index, vlan, label)
         if current is not None:

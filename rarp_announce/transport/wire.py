@@ -64,7 +64,7 @@ class WireSink:
         except DeviceError as exc:
             refused.append(f"{exc.device}: {exc.reason}")
         if refused:
-            route = f"{target.bridge_port.bridge}:{target.bridge_port.name}" if target.bridge_port else target.route
+            route = target.bridge_port.label if target.bridge_port else target.route
             raise DeviceError(route, "; ".join(refused + [f"done: {part}" for part in done]))
         return "; ".join(done)
 

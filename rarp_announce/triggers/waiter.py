@@ -147,7 +147,7 @@ class Waiter:
     def _count(self, event: FrameEvent) -> None:
         if event.type == "fdb":
             port = event.target.bridge_port
-            where = f"{port.bridge}:{port.name}" if port is not None else event.target.route
+            where = port.label if port is not None else event.target.route
             if event.error:
                 _log.warning("domain %s: bridge FDB for %s on %s not written (frames sent anyway): %s", self.label,
                              event.target.mac, where, event.error)
