@@ -62,7 +62,9 @@ def test_the_fdb_watch_sees_a_dynamic_entry_written_on_a_port(veth) -> None:
         # `bridge monitor` has subscribed once it reports a probe entry (a loaded machine may
         # take its time starting it): written again until it does, bounded.
         def subscribed() -> bool:
-            sh("bridge fdb replace 52:54:00:0e:00:ff dev rx master dynamic")
+            # Deleted first: rewriting an unchanged entry sends no notification.
+            sh("bridge fdb del 52:54:00:0e:00:ff dev rx master 2>/dev/null; "
+               "bridge fdb replace 52:54:00:0e:00:ff dev rx master dynamic")
             return any(e.mac == "52:54:00:0e:00:ff" for e in watch.events())
 
         assert wait_until(subscribed, 20.0, 0.2), "bridge monitor never reported an entry"
