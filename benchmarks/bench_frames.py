@@ -29,7 +29,7 @@ def _scapy_builder():
 
 
 def run() -> list[dict]:
-    from rarp_announce.announce.frames import rarp_frame
+    from rarp_announce.frames import rarp_frame
     from rarp_announce.mac import parse_mac
 
     mac = parse_mac(MAC_TEXT)

@@ -89,7 +89,7 @@ def _row(name: str, values: list[float], unit: str, target: float | None) -> dic
 def _measure(topology, tmp: Path) -> dict[bool, tuple[list[float], list[float]]]:
     from benchmarks._daemon import in_process_daemon, incoming, prepared, remove, resumed, running
     from rarp_announce.config import AddressesConfig, Config, OvsConfig
-    from rarp_announce.announce.frames import frame_kind
+    from rarp_announce.frames import frame_kind
     from rarp_announce.lab.netns import capture_socket, inside, receive_frame
     from rarp_announce.triggers.daemon.logs import setup_logging
 

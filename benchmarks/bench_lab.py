@@ -65,6 +65,8 @@ def _measure(mode: str, migrations: int) -> list[dict]:
         target=TARGET_QEMU_LAG_MS, met=verdict == "met")
     add(f"{prefix}: same, ours at the switch port", figures["lag_qemu_ms"], "ms", "includes the hop bridge -> switch")
     add(f"{prefix}: first frame after RESUMED event", figures["lag_resumed_ms"], "ms", "event as a lab libvirt client saw it")
+    add(f"{prefix}: first frame after QEMU resumed the guest", figures["lag_qemu_resumed_ms"], "ms",
+        "QEMU's own stamp of its RESUME event vs the switch's kernel stamp: one clock, free of the lab's lateness")
     add(f"{prefix}: traffic reaches the guest (br0 vNIC) after RESUMED", [v for v in br0 if v is not None], "ms",
         "a client's unicast frame, every 1 ms, first seen on the guest's tap on the destination")
     add(f"{prefix}: traffic reaches the guest (OVS vNIC) after its port was wired", figures["traffic_after_wiring_ms"],

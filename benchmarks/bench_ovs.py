@@ -168,7 +168,7 @@ def _daemon_figures(ns: str, tmp: Path, ovs, capture) -> tuple[list[float], list
 
 
 def _packet_out_rates(ns: str, ovs) -> tuple[float, float]:
-    from rarp_announce.announce.frames import rarp_frame
+    from rarp_announce.frames import rarp_frame
     from rarp_announce.lab.netns import inside
     from rarp_announce.mac import parse_mac
     from rarp_announce.model import OvsPort, Target

@@ -7,6 +7,7 @@ critical path; the figures show it stays far below the ~2 s a migration takes an
 from __future__ import annotations
 
 import os
+import statistics
 import tempfile
 import time
 import timeit
@@ -73,7 +74,51 @@ def run() -> list[dict]:
                      "unit": "µs/call", "note": "tomllib + every check, a typical file"})
 
     rows.extend(_libvirt_rows(config))
+    rows.extend(_bound_rows())
     return rows
+
+
+def _bound_rows() -> list[dict]:
+    """What the address sources' bounds cost in time (the tests prove the bounds, not the time):
+    a metadata block of more invalid entries than MAX_ENTRIES, and a guest agent that never answers."""
+    import asyncio
+    import threading
+
+    from rarp_announce.resolve import addresses
+    from rarp_announce.resolve.domxml import parse_domain
+
+    body = '<ra:interface mac="52:54:00:12:34:56">' + '<ra:ip address="not-an-ip"/>' * (addresses.MAX_ENTRIES + 100) + "</ra:interface>"
+    xml = (f"<domain type='kvm'><name>d</name><metadata><ra:addresses xmlns:ra=\"{addresses.METADATA_NS}\">{body}"
+           "</ra:addresses></metadata><devices/></domain>")
+    root = parse_domain(xml)
+    bounded = _per_call_us(lambda: addresses.metadata_addresses(root), 5, repeat=3) / 1000
+
+    class Hung:
+        """A domain whose guest agent never answers (until released); the lease answers at once."""
+
+        def __init__(self) -> None:
+            self.release = threading.Event()
+
+        def interfaceAddresses(self, source, flags=0):  # noqa: N802 - libvirt's name
+            if source == addresses.LIBVIRT_SOURCES["agent"]:
+                self.release.wait(30)
+            return {}
+
+    given_up = []
+    for _ in range(5):
+        dom = Hung()
+        try:
+            started = time.perf_counter()
+            asyncio.run(addresses.libvirt_addresses(dom, ["agent", "lease"], timeout=0.3))
+            given_up.append((time.perf_counter() - started) * 1000)
+        finally:
+            dom.release.set()
+    return [
+        {"name": f"metadata: {addresses.MAX_ENTRIES + 100} invalid entries", "value": bounded, "unit": "ms",
+         "note": f"{len(xml) / 1024:.0f} KiB block, parsed; stops after MAX_ENTRIES={addresses.MAX_ENTRIES} elements; best of 3"},
+        {"name": "hung guest agent given up (timeout 300 ms)", "value": statistics.median(given_up), "unit": "ms",
+         "note": f"libvirt_addresses, agent + lease; median of 5, max {max(given_up):.0f} ms"},
+    ]
 
 
 def _libvirt_rows(config) -> list[dict]:

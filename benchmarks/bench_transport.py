@@ -108,7 +108,7 @@ def _send_path() -> list[dict]:
     from scapy.layers.l2 import Ether
     from scapy.sendrecv import sendp
 
-    from rarp_announce.announce.frames import rarp_frame
+    from rarp_announce.frames import rarp_frame
 
     frame = rarp_frame(bytes.fromhex("525400123456"), 100)
     name = unique("bt")

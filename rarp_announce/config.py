@@ -22,8 +22,8 @@ from rarp_announce.ipaddr import parse_ip
 from rarp_announce.names import one_line, valid_ifname
 from rarp_announce.mac import normalize_mac
 from rarp_announce.model import AddressSource
-from rarp_announce.resolve.sources import CONFIGURABLE, DEFAULTS
-from rarp_announce.announce.schedule import Schedule
+from rarp_announce.address_sources import CONFIGURABLE, DEFAULTS
+from rarp_announce.schedule import Schedule
 
 DEFAULT_CONFIG_PATH = "/etc/rarp-announce/config.toml"
 DEFAULT_URI = "qemu:///system"
@@ -36,7 +36,7 @@ LogFormat = Literal["text", "json"]
 HANDOFF_TIMEOUT_MAX = 0.5
 WAITER_TIMEOUT_MAX = 86400.0
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; more is a mistake
-# Both from the one table of sources (resolve/sources.py): the defaults hold no guest-vouched source.
+# Both from the one table of sources (address_sources.py): the defaults hold no guest-vouched source.
 ADDRESS_SOURCES: tuple[AddressSource, ...] = CONFIGURABLE
 DEFAULT_ADDRESS_SOURCES: tuple[AddressSource, ...] = DEFAULTS
 MAX_ALLOWED_PREFIXES = 256  # per bridge: a handful of subnets is the real case

@@ -20,7 +20,7 @@ VlanSource = Literal["xml", "ovsdb", "cli"]
 """Who said which VLAN the MAC lives in: the domain XML, the OVS database, or the operator."""
 
 AddressSource = Literal["metadata", "config", "nwfilter", "lease", "arp", "agent", "cli"]
-"""Who said the guest has an IP address. The one list of names; resolve.sources says who vouches
+"""Who said the guest has an IP address. The one list of names; address_sources says who vouches
 for each, and checks on import that its table names exactly these."""
 
 RefusalReason = Literal["not_allowed", "host_address", "next_hop", "other_mac", "other_guest"]

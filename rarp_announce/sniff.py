@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from rarp_announce.announce.frames import (
+from rarp_announce.frames import (
     ALL_NODES,
     ALL_NODES_MAC,
     ARP_HRD_ETHER,

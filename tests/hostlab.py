@@ -33,7 +33,7 @@ def domain_xml(name: str, nics: Iterable[tuple[str, str, int | None, str | None]
 
 def decode(frame: bytes) -> tuple[str, int | None]:
     """(source MAC, VLAN) of a captured frame, after checking it is exactly QEMU's announcement."""
-    from rarp_announce.announce.frames import frame_vlan
+    from rarp_announce.frames import frame_vlan
     from rarp_announce.lab.observe import check_frame
 
     mac, vlan = frame[6:12].hex(":"), frame_vlan(frame)
@@ -81,15 +81,15 @@ class HostLab:
         return Capture(self.ns, device)
 
     def run(self, scenario: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
-        """Run an asyncio scenario with this thread inside the host netns (the daemon's sockets live there)."""
-        from rarp_announce.lab.netns import inside
+        """Run an asyncio scenario with this thread inside the host netns (the daemon's sockets live
+        there), on the session's one libvirt loop (tests/libvirt_loop.py)."""
+        from tests.libvirt_loop import run_scenario
 
-        with inside(self.ns):
-            return asyncio.run(scenario())
+        return run_scenario(scenario, self.ns)
 
     def config(self, **daemon: Any):
         from rarp_announce.config import Config, DaemonConfig
-        from rarp_announce.announce.schedule import Schedule
+        from rarp_announce.schedule import Schedule
 
         settings = dict(retry_timeout=1.0, retry_interval=0.05, device_added_window=300.0)
         settings.update(daemon)
@@ -130,7 +130,22 @@ def lifecycle(daemon, dom, event: int, detail: int) -> None:
     daemon.on_lifecycle(daemon.watcher.conn, dom, event, detail, None)
 
 
-async def settle(daemon, seconds: float = 0.05) -> None:
-    """Let prepare steps run and every schedule in flight finish."""
+async def settle(daemon, seconds: float = 0.05, bound: float = 120.0) -> None:
+    """Let libvirt's events reach the loop (`seconds`), then wait until every task the daemon's
+    parts started (a prepare, a reconcile, a catch-up) is done and every schedule in flight has
+    finished: the state the test wants, however slow the machine; `bound` only ends a hang."""
     await asyncio.sleep(seconds)
-    await daemon.announcer.drain()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound
+
+    def busy() -> bool:
+        return bool(daemon.table._tasks or daemon.libvirt_trigger._tasks)
+
+    while loop.time() < deadline:
+        while busy() and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        await daemon.announcer.drain()
+        await asyncio.sleep(0)
+        if not busy():
+            return
+    raise AssertionError(f"the daemon was still busy {bound:g} s after the events")

@@ -7,7 +7,7 @@ import pytest
 from rarp_announce import config as config_module
 from rarp_announce.config import AddressesConfig, Config, DaemonConfig, HookConfig, libvirt_uri, load_config
 from rarp_announce.errors import InputError
-from rarp_announce.announce.schedule import Schedule
+from rarp_announce.schedule import Schedule
 
 FULL = """
 connect = "qemu+ssh://root@hv2/system"
@@ -326,7 +326,7 @@ def test_allowed_prefixes_are_canonical_per_bridge(tmp_path):
 
 
 def test_sources_derive_from_the_one_table():
-    from rarp_announce.resolve import sources
+    from rarp_announce import address_sources as sources
 
     assert config_module.ADDRESS_SOURCES == tuple(s.name for s in sources.SOURCES if s.name != "cli")
     # the defaults hold no source only the guest vouches for

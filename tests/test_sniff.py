@@ -12,7 +12,7 @@ import pytest
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Padding
 
-from rarp_announce.announce.frames import rarp_frame
+from rarp_announce.frames import rarp_frame
 from rarp_announce.lab.netns import Topology, inside
 from rarp_announce.sniff import SeenFrame, _print, decode
 
@@ -77,7 +77,7 @@ def test_text_line_names_the_shape(capsys: pytest.CaptureFixture[str]) -> None:
     ]
 
 
-def _wait_for_packet_socket(pid: int, baseline: int, timeout: float = 20.0) -> None:
+def _wait_for_packet_socket(pid: int, baseline: int, timeout: float = 120.0) -> None:
     # /proc/PID/net is the netns of PID: a new packet socket there means sniff is listening.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -91,7 +91,7 @@ def _wait_for_packet_socket(pid: int, baseline: int, timeout: float = 20.0) -> N
 def test_sniff_sees_sends_frames_and_a_hand_made_rarp(topology: Topology) -> None:
     mac = "52:54:00:5e:00:aa"
     sniff = topology.popen(
-        "switch", [*CLI, "sniff", "--iface", "port_b", "--count", "6", "--timeout", "20", "--json"],
+        "switch", [*CLI, "sniff", "--iface", "port_b", "--count", "6", "--timeout", "180", "--json"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -108,7 +108,7 @@ def test_sniff_sees_sends_frames_and_a_hand_made_rarp(topology: Topology) -> Non
             sock.send(handmade)
         finally:
             sock.close()
-        out, err = sniff.communicate(timeout=25)
+        out, err = sniff.communicate(timeout=180)  # bounded generously (start-up under load); it ends at 6 frames
     finally:
         if sniff.poll() is None:
             sniff.kill()

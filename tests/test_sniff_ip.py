@@ -25,7 +25,7 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Padding, Raw
 
-from rarp_announce.announce.frames import garp_frame, na_frame, rarp_frame
+from rarp_announce.frames import garp_frame, na_frame, rarp_frame
 from rarp_announce.errors import DeviceError, InputError
 from rarp_announce.lab.netns import inside, send_raw
 from rarp_announce.sniff import KINDS, SeenFrame, _print, decode, decode_any, decode_garp, decode_na, sniff_rarp
@@ -425,9 +425,9 @@ def test_live_sniff_of_one_kind_skips_the_others(veth: str, capsys: pytest.Captu
 
 
 def test_live_sniff_times_out_with_what_it_saw(veth: str, capsys: pytest.CaptureFixture[str]) -> None:
-    started = time.monotonic()
+    # It returned with one of the two frames it asked for: its timeout ended it (sniffing()
+    # bounds the wait, so a sniff that ignored its timeout fails instead of hanging).
     with sniffing(veth, count=2, timeout=0.5, kinds=("garp",)) as result:
         send_raw(veth, "tx", garp_frame(MAC, packed(V4)))
     assert result["seen"] == 1
-    assert time.monotonic() - started < 5
     assert [r["type"] for r in _records(capsys)] == ["garp"]

@@ -1,12 +1,14 @@
 """The arrival table: one entry per domain arriving on this host, one reconcile that acts on it.
 
-Like OVN's announce table (ovn-controller's garp_rarp.c), every trigger (libvirt events in
-the daemon, the hook's waiter, `rarp-announce domain` and `send`) only says what happened:
+Like OVN's announce table (ovn-controller's garp_rarp.c), every trigger of an arrival (libvirt
+events in the daemon, the hook's waiter, `rarp-announce domain`) only says what happened:
 `expect` (the prepare phase of an incoming migration), `arrive` (the guest runs here now),
 `reconcile` (something changed: the XML, a device, the OVS database). The table owns the
 rest: resolve, the readiness check, frames and sockets prepared ahead, the first round from
 inside the caller (no await between a resume event and its first frame), retries of routes
 not ready, re-resolution when the XML or a port changes, and a give-up with a reason.
+(`rarp-announce send` names its targets itself: no domain arrives, so it uses the announcer
+directly, with the same schedule from the same config.)
 Reconcile is idempotent: it compares what the resolver says now with what was announced and
 announces the difference, so calling it twice, or from two triggers, never sends twice.
 
@@ -31,6 +33,7 @@ from rarp_announce.announce.engine import Announcer
 from rarp_announce.config import Config
 from rarp_announce.errors import InputError
 from rarp_announce.model import Resolution, Target, TargetKey
+from rarp_announce.schedule import Schedule
 
 _log = logging.getLogger("rarp_announce.announce")
 
@@ -113,6 +116,29 @@ class Arrival:
                 and t.route in self.problems]
 
 
+@dataclass(frozen=True)
+class ArrivalSettings:
+    """What the table needs of the configuration (`from_config`); a daemon replaces it at each
+    reload."""
+
+    schedule: Schedule
+    retry_timeout: float  # seconds a missing or down Linux device is waited for
+    retry_interval: float  # seconds between the shared re-checks of those devices
+    wiring_timeout: float  # seconds an OVS port not wired yet is waited for
+    guest_announce: bool  # ask QEMU's announce-self after the first round
+
+    @classmethod
+    def from_config(cls, config: Config, *, wait: float | None = None) -> ArrivalSettings:
+        """The config's values; `wait` (the `domain --wait` option) bounds both waits instead."""
+        return cls(
+            schedule=config.schedule,
+            retry_timeout=config.daemon.retry_timeout if wait is None else wait,
+            retry_interval=config.daemon.retry_interval,
+            wiring_timeout=config.ovs.wiring_timeout if wait is None else wait,
+            guest_announce=config.addresses.guest_announce,
+        )
+
+
 class ArrivalTable:
     """Every arrival on this host, and the one reconcile that announces them."""
 
@@ -120,13 +146,13 @@ class ArrivalTable:
         self,
         announcer: Announcer,
         resolver: Resolver,
-        config: Callable[[], Config],
+        settings: ArrivalSettings,
         *,
         observers: Iterable[Observer] = (),
     ) -> None:
         self.announcer = announcer
         self.resolver = resolver
-        self._config = config
+        self.settings = settings
         self.observers: list[Observer] = list(observers)
         self.entries: dict[str, Arrival] = {}
         self._tasks: set[asyncio.Task[object]] = set()
@@ -260,7 +286,7 @@ class ArrivalTable:
         another VLAN); None when it has not arrived or has no OVS port."""
         if entry.phase != "arrived" or entry.arrived_at is None or not any(t.ovs is not None for t in entry.targets):
             return None
-        return entry.arrived_at + self._config().ovs.wiring_timeout
+        return entry.arrived_at + self.settings.wiring_timeout
 
     def forget(self, uuid: str) -> Arrival | None:
         """The domain left (stopped, migrated away) or is replaced: stop everything for it."""
@@ -315,7 +341,7 @@ class ArrivalTable:
         # during the migration): re-read it once whether or not the prepare phase was seen.
         await self.reconcile(entry.uuid, reread=True, trigger=entry.trigger)
         ask_guest = getattr(self.resolver, "guest_announce", None)
-        if ask_guest is not None and self._config().addresses.guest_announce and self.entries.get(entry.uuid) is entry:
+        if ask_guest is not None and self.settings.guest_announce and self.entries.get(entry.uuid) is entry:
             # After our first round: the guest then announces its own addresses (IPv6 too).
             self._notify("guest_announced", entry, await ask_guest(entry.uuid))
 
@@ -378,7 +404,7 @@ class ArrivalTable:
         fresh = [t for t in targets if t.key not in entry.announced]
         if not fresh:
             return
-        self.announcer.announce(fresh, self._config().schedule, trigger=trigger, domain=entry.name)
+        self.announcer.announce(fresh, self.settings.schedule, trigger=trigger, domain=entry.name)
         now = time.monotonic()
         # The latency that matters is the arrival's: event -> its first round on the wire.
         latency = now - entry.seen if entry.seen is not None and not entry.announced else None
@@ -402,8 +428,8 @@ class ArrivalTable:
                 self._notify("waiting", entry, target, reason, self._timeout(target))
 
     def _timeout(self, target: Target) -> float:
-        config = self._config()
-        return config.ovs.wiring_timeout if target.ovs is not None else config.daemon.retry_timeout
+        settings = self.settings
+        return settings.wiring_timeout if target.ovs is not None else settings.retry_timeout
 
     def _device_waits(self, entry: Arrival) -> bool:
         return any(not _resolution_problem(entry, t) for t in entry.pending())
@@ -429,7 +455,7 @@ class ArrivalTable:
         loop = asyncio.get_running_loop()
         entry._timer = loop.call_at(loop.time() + max(0.0, deadline - time.monotonic()), self._wake, entry)
         if self._device_waits(entry) and self._recheck is None:
-            self._recheck = loop.call_later(self._config().daemon.retry_interval, self._recheck_due)
+            self._recheck = loop.call_later(self.settings.retry_interval, self._recheck_due)
 
     def _recheck_due(self) -> None:
         self._recheck = None
@@ -460,7 +486,7 @@ class ArrivalTable:
                 rereads -= 1
             self._spawn(self.reconcile(entry.uuid, trigger="retry"))
         if self._recheck is None and any(self._awaits_device(e) for e in self.entries.values()):
-            self._recheck = asyncio.get_running_loop().call_later(self._config().daemon.retry_interval,
+            self._recheck = asyncio.get_running_loop().call_later(self.settings.retry_interval,
                                                                   self._recheck_due)
 
     def _wake(self, entry: Arrival) -> None:

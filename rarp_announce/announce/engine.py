@@ -20,8 +20,8 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from rarp_announce.announce import frames as _frames
-from rarp_announce.announce.schedule import Schedule, Send
+from rarp_announce import frames as _frames
+from rarp_announce.schedule import Schedule, Send
 from rarp_announce.errors import DeviceError
 from rarp_announce.mac import parse_mac
 from rarp_announce.model import Frame, FrameEvent, Target, TargetKey

@@ -18,7 +18,7 @@ from rarp_announce.names import one_line
 from rarp_announce.textio import output_failure
 
 if TYPE_CHECKING:
-    from rarp_announce.announce.schedule import Schedule
+    from rarp_announce.schedule import Schedule
     from rarp_announce.config import Config
     from rarp_announce.model import FrameEvent, Target
     from rarp_announce.transport.base import Sink
@@ -159,12 +159,12 @@ def fail(error: AnnounceError) -> NoReturn:
 
 
 # Schedule options shared by every command that announces.
-InitialOpt = Annotated[Optional[int], typer.Option("--initial", metavar="MS", help="First gap in ms (QEMU announce-initial; default 50).", show_default=False)]
-MaxOpt = Annotated[Optional[int], typer.Option("--max", metavar="MS", help="Largest gap in ms (QEMU announce-max; default 550).", show_default=False)]
-RoundsOpt = Annotated[Optional[int], typer.Option("--rounds", metavar="N", help="Frames per burst (QEMU announce-rounds; default 5).", show_default=False)]
-StepOpt = Annotated[Optional[int], typer.Option("--step", metavar="MS", help="Gap increase per round in ms (QEMU announce-step; default 100).", show_default=False)]
-RepeatOpt = Annotated[Optional[int], typer.Option("--repeat", metavar="N", help="Repeat the whole burst N times, for fabrics that need longer (Nova's workaround; default 1).", show_default=False)]
-RepeatIntervalOpt = Annotated[Optional[float], typer.Option("--repeat-interval", metavar="S", help="Seconds between the starts of two bursts (default 1.0).", show_default=False)]
+InitialOpt = Annotated[Optional[int], typer.Option("--initial", metavar="MS", help="First gap in ms (QEMU announce-initial; default: the config's [schedule] initial, else 50).", show_default=False)]
+MaxOpt = Annotated[Optional[int], typer.Option("--max", metavar="MS", help="Largest gap in ms (QEMU announce-max; default: the config's [schedule] max, else 550).", show_default=False)]
+RoundsOpt = Annotated[Optional[int], typer.Option("--rounds", metavar="N", help="Frames per burst (QEMU announce-rounds; default: the config's [schedule] rounds, else 5).", show_default=False)]
+StepOpt = Annotated[Optional[int], typer.Option("--step", metavar="MS", help="Gap increase per round in ms (QEMU announce-step; default: the config's [schedule] step, else 100).", show_default=False)]
+RepeatOpt = Annotated[Optional[int], typer.Option("--repeat", metavar="N", help="Repeat the whole burst N times, for fabrics that need longer (Nova's workaround; default: [schedule] repeat, else 1).", show_default=False)]
+RepeatIntervalOpt = Annotated[Optional[float], typer.Option("--repeat-interval", metavar="S", help="Seconds between the starts of two bursts (default: [schedule] repeat_interval, else 1.0).", show_default=False)]
 ConnectOpt = Annotated[Optional[str], typer.Option("--connect", "-c", metavar="URI", help="libvirt URI. Default: the config's `connect`, else $LIBVIRT_DEFAULT_URI, else qemu:///system.")]
 ConfigOpt = Annotated[Optional[str], typer.Option("--config", metavar="FILE", help="TOML config file. Default: /etc/rarp-announce/config.toml when it exists.")]
 PcapOpt = Annotated[Optional[str], typer.Option("--pcap", help="Write the frames to this pcap file instead of the wire.", metavar="FILE")]
@@ -172,34 +172,20 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print what would be 
 JsonOpt = Annotated[bool, typer.Option("--json", help="One JSON object per line instead of text.")]
 
 
-def schedule_from_options(base: Schedule | None = None, **given: int | float | None) -> Schedule:
-    """A Schedule from the defaults (or `base`), overridden by the options actually given."""
+def schedule_from_options(base: Schedule, **given: int | float | None) -> Schedule:
+    """The config's schedule (`base`), overridden by the options actually given: every command
+    that announces reads [schedule] the way the daemon does."""
     import dataclasses
 
-    from rarp_announce.announce.schedule import Schedule
-
-    base = base or Schedule()
     overrides: dict[str, Any] = {name: value for name, value in given.items() if value is not None}
     return dataclasses.replace(base, **overrides)
 
 
-def make_sink(pcap: str | None, dry_run: bool, config: Config) -> Sink:
-    """The sink the options ask for: a pcap file, a dry run, or the network."""
-    if pcap is not None and dry_run:
-        from rarp_announce.errors import InputError
+def open_command_sink(pcap: str | None, dry_run: bool, config: Config) -> Sink:
+    """The sink the options ask for (transport.open_sink): a pcap file, a dry run, or the network."""
+    from rarp_announce.transport.factory import open_sink
 
-        raise InputError("--pcap and --dry-run exclude each other: choose one")
-    if pcap is not None:
-        from rarp_announce.transport.pcap import PcapSink
-
-        return PcapSink(pcap)
-    if dry_run:
-        from rarp_announce.transport.dryrun import DryRunSink
-
-        return DryRunSink(sys.stdout)
-    from rarp_announce.transport.wire import WireSink
-
-    return WireSink(config.ovs.endpoint)
+    return open_sink(pcap=pcap, dry_run=dry_run, openflow_endpoint=config.ovs.endpoint, stream=sys.stdout)
 
 
 class FrameTally:
@@ -235,43 +221,18 @@ def route_label(target: Target) -> str:
     return f"{'device' if target.ovs is None else 'OVS port'} {target.route!r}"
 
 
-def ovs_snapshot(config: Config, timeout: float) -> tuple[Any, str | None]:
-    """One read of the OVS database for a command (outside any event loop): (snapshot, None), or
-    (None, why not); (None, None) when the config says never to read it."""
-    from rarp_announce.resolve.ovsdb import OvsdbUnavailable, read_once
-
-    remote = config.ovs.remote()
-    if remote is None:
-        return None, None
-    try:
-        return read_once(remote, timeout=timeout), None
-    except OvsdbUnavailable as exc:
-        return None, exc.reason
-
-
-async def openflow_port_once(config: Config, bridge: str, port: str) -> int | None:
-    """A port's OpenFlow number asked of its bridge on a connection of its own, for a command."""
-    from rarp_announce.transport.openflow import OpenFlowSink
-
-    lookup = OpenFlowSink(config.ovs.endpoint)
-    try:
-        return await lookup.port_number(bridge, port)
-    finally:
-        lookup.close()
-
-
 def summary_line(targets: Sequence[Target], sink: Sink, sent: int, schedule: Schedule) -> str:
-    from rarp_announce.transport.pcap import PcapSink
-
-    routes = sorted({t.route for t in targets})
-    where = f"to {sink.path}" if isinstance(sink, PcapSink) else "on " + ", ".join(routes)
+    where = sink.destination({t.route for t in targets})
     return f"announced {len({t.mac for t in targets})} MAC(s) {where}: {sent} frame(s) over {schedule.duration:.3f} s"
 
 
 def report_summary(targets: Sequence[Target], sink: Sink, tally: FrameTally, schedule: Schedule) -> None:
-    """What each bridge FDB step did, then the summary line (stdout, text mode)."""
+    """What each bridge FDB step did, then the summary line (stdout, text mode); nothing for a
+    sink that showed each frame itself (the dry run)."""
     from rarp_announce.textio import emit_line
 
+    if sink.prints_frames:
+        return
     for line in tally.fdb:
         emit_line(sys.stdout, line)
     emit_line(sys.stdout, summary_line(targets, sink, tally.sent, schedule))
@@ -290,28 +251,29 @@ def run_announcement(
     sink: Sink,
     *,
     as_json: bool,
-    check: bool = True,
 ) -> int:
-    """`send`: check every route (the readiness check), announce on one schedule, report each frame."""
+    """`send`: find OVS ports' numbers the database did not give (on the sink's own connection),
+    check every route (the readiness check, not for an offline sink), announce on one schedule,
+    report each frame."""
     import asyncio
 
     from rarp_announce.announce.engine import Announcer
     from rarp_announce.cli._report import frame_reporter
     from rarp_announce.errors import DeviceError
     from rarp_announce.resolve.hostnet import device_problems
-    from rarp_announce.transport.dryrun import DryRunSink
 
     tally = FrameTally()
     observers = [tally] + ([frame_reporter()] if as_json else [])
 
     async def _run() -> None:
+        routed = [await _with_ofport(t, sink) for t in targets]
         announcer = Announcer(sink, observers=observers)
-        problems = await device_problems({t.device for t in targets if t.ovs is None}) if check else {}
-        problems.update(await announcer.prepare(t for t in targets if t.route not in problems))
+        problems = {} if sink.offline else await device_problems({t.device for t in routed if t.ovs is None})
+        problems.update(await announcer.prepare(t for t in routed if t.route not in problems))
         if problems:
             route, reason = next(iter(problems.items()))
             raise DeviceError(route, reason)
-        announcer.announce(targets, schedule, trigger="cli")
+        announcer.announce(routed, schedule, trigger="cli")
         await announcer.drain()
 
     try:
@@ -320,6 +282,23 @@ def run_announcement(
         return 130
     finally:
         sink.close()
-    if not as_json and not isinstance(sink, DryRunSink):
+    if not as_json:
         report_summary(targets, sink, tally, schedule)
     return report_failures(tally)
+
+
+async def _with_ofport(target: Target, sink: Sink) -> Target:
+    """`target` with its OVS port's OpenFlow number asked of the bridge when OVSDB did not give it
+    (`send --port` on a host whose OVSDB is unreadable); an offline sink leaves it unknown."""
+    import dataclasses
+
+    from rarp_announce.errors import InputError
+
+    port = target.ovs
+    if port is None or port.ofport is not None or sink.offline:
+        return target
+    number = await sink.port_number(port.bridge, port.name)
+    if number is None:
+        raise InputError(f"no port {port.name} on Open vSwitch bridge {port.bridge} "
+                         f"(check: ovs-vsctl list-ports {port.bridge})")
+    return dataclasses.replace(target, ovs=dataclasses.replace(port, ofport=number))

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from rarp_announce.announce.arrivals import Arrival, ArrivalTable, Observer
+from rarp_announce.announce.arrivals import Arrival, ArrivalSettings, ArrivalTable, Observer
 from rarp_announce.announce.engine import Announcer
 from rarp_announce.cli._common import FrameTally, report_failures, report_summary, route_label
 from rarp_announce.errors import AnnounceError, InputError
@@ -79,22 +79,22 @@ class _Offline:
         return {}
 
 
-async def announce_domain(dom: Any, document: str, config: Config, conn: Any, sink: Sink, *, as_json: bool,
-                          offline: bool) -> int:
+async def announce_domain(dom: Any, document: str, config: Config, settings: ArrivalSettings, conn: Any,
+                          sink: Sink, *, as_json: bool) -> int:
     """The arrival table, as the daemon uses it, for one arrival of `dom` announced now."""
     from rarp_announce.cli._report import frame_reporter
-    from rarp_announce.cli.resolve import host_resolver
-    from rarp_announce.transport.dryrun import DryRunSink
+    from rarp_announce.resolve.host import command_resolver
 
     name, uuid = dom.name(), dom.UUIDString()
     tally = FrameTally()
     announcer = Announcer(sink, observers=[tally] + ([frame_reporter()] if as_json else []))
-    host = host_resolver(config, conn, sink, (None, None))
-    resolver: Any = _Offline(host) if offline else host
+    host = command_resolver(config, conn, sink.port_number)
+    resolver: Any = _Offline(host) if sink.offline else host
     report = _Report()
-    table = ArrivalTable(announcer, resolver, lambda: config, observers=[report])
-    # The live replica, as the daemon has it: with --wait, a port rewired meanwhile is seen.
-    view = host.follow_ovs(table.ovs_changed)
+    table = ArrivalTable(announcer, resolver, settings, observers=[report])
+    # The live replica, as the daemon has it (with --wait, a port rewired meanwhile is seen);
+    # only for a domain with a vNIC on Open vSwitch: a host without it is never asked.
+    view = host.follow_ovs(table.ovs_changed) if await host.needs_ovs(document) else None
     if view is not None and not await view.start(timeout=1.0):
         host.ovs_error = view.last_error
     try:
@@ -114,6 +114,6 @@ async def announce_domain(dom: Any, document: str, config: Config, conn: Any, si
     announced = [t for t in entry.targets if t.key in entry.announced]
     if not announced:
         raise AnnounceError(f"domain {name!r} has nothing to announce: every device is missing or down")
-    if not as_json and not isinstance(sink, DryRunSink):
-        report_summary(announced, sink, tally, config.schedule)
+    if not as_json:
+        report_summary(announced, sink, tally, settings.schedule)
     return report_failures(tally) or (1 if report.failed or len(announced) < len(entry.targets) else 0)

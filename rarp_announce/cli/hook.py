@@ -163,8 +163,10 @@ def wait(
 def _daemon_answers(path: str) -> bool:
     from rarp_announce.control import request
 
+    # Generous: a busy daemon on a loaded host still answers, and `status` must not call it gone;
+    # with no daemon the socket is missing or refused at once, so nobody waits.
     try:
-        return request(path, {"op": "ping"}, timeout=0.5).get("ok") is True
+        return request(path, {"op": "ping"}, timeout=5.0).get("ok") is True
     except AnnounceError:
         return False
 

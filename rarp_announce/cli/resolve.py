@@ -22,9 +22,7 @@ from rarp_announce.cli._common import (
     StepOpt,
     app,
     fail,
-    make_sink,
-    openflow_port_once,
-    ovs_snapshot,
+    open_command_sink,
     schedule_from_options,
 )
 from rarp_announce.errors import AnnounceError, InputError
@@ -32,7 +30,6 @@ from rarp_announce.errors import AnnounceError, InputError
 if TYPE_CHECKING:
     from rarp_announce.config import Config
     from rarp_announce.model import Resolution
-    from rarp_announce.transport.base import Sink
 
 @app.command()
 def targets(
@@ -57,6 +54,7 @@ def targets(
     import asyncio
 
     from rarp_announce.config import load_config
+    from rarp_announce.resolve.host import resolve_once
 
     try:
         if (xml is None) == (domain is None):
@@ -71,7 +69,7 @@ def targets(
 
             conn = _connect(connect, config)
             _dom, document = running_domain_xml(conn, domain or "")
-        resolution = asyncio.run(_resolve_here(document, config, conn, ovs_snapshot(config, timeout=1.0)))
+        resolution = asyncio.run(resolve_once(document, config, conn))
     except AnnounceError as error:
         fail(error)
     if json_:
@@ -114,6 +112,7 @@ def domain_command(
     import asyncio
     import dataclasses
 
+    from rarp_announce.announce.arrivals import ArrivalSettings
     from rarp_announce.config import load_config
 
     try:
@@ -129,13 +128,11 @@ def domain_command(
             repeat=repeat,
             repeat_interval_s=repeat_interval,
         )
-        waiting = wait or 0.0
-        config = dataclasses.replace(
-            config, schedule=schedule,
-            daemon=dataclasses.replace(config.daemon, retry_timeout=waiting),
-            ovs=dataclasses.replace(config.ovs, wiring_timeout=waiting),
-        )
-        sink = make_sink(pcap, dry_run, config)
+        # The options' schedule is this command's: its frames, and QEMU's announce-self if the
+        # config asks for it, follow it.
+        config = dataclasses.replace(config, schedule=schedule)
+        settings = ArrivalSettings.from_config(config, wait=wait or 0.0)
+        sink = open_command_sink(pcap, dry_run, config)
     except AnnounceError as error:
         fail(error)
     try:
@@ -144,34 +141,11 @@ def domain_command(
 
         conn = _connect(connect, config)
         dom, document = running_domain_xml(conn, name)
-        code = asyncio.run(announce_domain(dom, document, config, conn, sink, as_json=json_,
-                                           offline=pcap is not None or dry_run))
+        code = asyncio.run(announce_domain(dom, document, config, settings, conn, sink, as_json=json_))
     except AnnounceError as error:
         sink.close()
         fail(error)
     raise typer.Exit(code)
-
-
-async def _resolve_here(document: str | bytes, config: Config, conn: Any, ovs: tuple[Any, str | None]) -> Resolution:
-    """What `targets` shows: the resolution with this host's OVS ports and its readiness check."""
-    resolver = host_resolver(config, conn, None, ovs)
-    resolution = await resolver.resolve(document)
-    waiting = [t for t in resolution.targets if t.route not in resolution.problems]
-    resolution.problems.update(await resolver.check(waiting))
-    return resolution
-
-
-def host_resolver(config: Config, conn: Any, sink: Sink | None, ovs: tuple[Any, str | None]) -> Any:
-    """The resolver of a command: `ovs` is a one-shot OVSDB snapshot, or None and why there is none.
-    Port numbers OVSDB does not give are asked of the bridge, on the sink's connection if it has one."""
-    import functools
-
-    from rarp_announce.resolve.host import HostResolver, sink_port_lookup
-
-    snapshot, error = ovs
-    openflow_port = functools.partial(openflow_port_once, config) if sink is None else sink_port_lookup(sink)
-    return HostResolver(lambda: config, connection=lambda: conn, ovs=snapshot, ovs_error=error,
-                        openflow_port=openflow_port)
 
 
 def _connect(connect: str | None, config: Config) -> Any:

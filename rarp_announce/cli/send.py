@@ -19,9 +19,7 @@ from rarp_announce.cli._common import (
     app,
     ConfigOpt,
     fail,
-    make_sink,
-    openflow_port_once,
-    ovs_snapshot,
+    open_command_sink,
     run_announcement,
     schedule_from_options,
 )
@@ -30,6 +28,7 @@ from rarp_announce.errors import AnnounceError, InputError
 if TYPE_CHECKING:
     from rarp_announce.config import Config
     from rarp_announce.model import Target
+    from rarp_announce.netdev import Link
 
 
 @app.command()
@@ -51,7 +50,8 @@ def send(
     dry_run: DryRunOpt = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Announce MACs on a device now, on QEMU's schedule (0/50/200/450/800 ms by default).
+    """Announce MACs on a device now, on the config's [schedule] (QEMU's 0/50/200/450/800 ms by
+    default), overridden by the options given here.
 
     All MACs share one schedule: every round sends one frame per MAC together (with --ip, the
     RARP first, then one GARP or NA per address).
@@ -76,10 +76,11 @@ def send(
         config = load_config(config_path)
         targets = _manual_targets(macs, iface, vlan, priority, port, ip or [], config, offline=pcap is not None or dry_run)
         schedule = schedule_from_options(
+            config.schedule,
             initial_ms=initial, max_ms=max_, rounds=rounds, step_ms=step, repeat=repeat, repeat_interval_s=repeat_interval
         )
-        sink = make_sink(pcap, dry_run, config)
-        code = run_announcement(targets, schedule, sink, as_json=json_, check=pcap is None and not dry_run)
+        sink = open_command_sink(pcap, dry_run, config)
+        code = run_announcement(targets, schedule, sink, as_json=json_)
     except AnnounceError as error:
         fail(error)
     raise typer.Exit(code)
@@ -88,11 +89,14 @@ def send(
 def _manual_targets(macs: list[str], iface: str, vlan: int | None, priority: int, port: str | None,
                     ips: list[str], config: Config, *, offline: bool) -> list[Target]:
     """The targets `send` was asked for, refusing any that would teach a switch something false."""
-    from rarp_announce.announce.frames import check_vlan
+    import asyncio
+
+    from rarp_announce.frames import check_vlan
     from rarp_announce.ipaddr import parse_ip
     from rarp_announce.mac import normalize_mac
     from rarp_announce.model import Address, BridgePort, OvsPort, Target
     from rarp_announce.names import check_ifname
+    from rarp_announce.netdev import links
 
     check_ifname(iface, "--iface")
     check_vlan(vlan, priority)
@@ -100,70 +104,74 @@ def _manual_targets(macs: list[str], iface: str, vlan: int | None, priority: int
     if ips and len(normalized) != 1:
         raise InputError(f"--ip belongs to one MAC: give a single MAC with --ip (got {len(normalized)} MACs)")
     addresses = tuple(dict.fromkeys(Address(parse_ip(text), "cli") for text in ips))
+    if port is not None:
+        check_ifname(port, "--port")
+    found = asyncio.run(links([iface] + ([port] if port is not None else [])))
+    device = found.get(iface)
     if port is None:
-        if not offline:
-            _refuse_ovs_bridge(iface, config)
+        if not offline and _ovs_bridge(iface, device, config):
+            # A frame with a guest's MAC written into an OVS bridge's own port makes OVS learn
+            # the guest on the host and deliver the guest's traffic there.
+            raise InputError(
+                f"--iface {iface} is an Open vSwitch bridge: frames written into it make OVS learn the MAC on the "
+                "host's own port; give the guest's port with --port PORT, or announce the domain (rarp-announce domain)"
+            )
         return [Target(mac, iface, vlan, "manual", "", priority, addresses=addresses) for mac in normalized]
-    check_ifname(port, "--port")
-    if _linux_bridge(iface, port, offline=offline):
+    if device is not None and device.kind == "bridge":
+        if not offline:
+            _check_bridge_port(iface, port, found.get(port))
         bridge_port = BridgePort(iface, port)
         return [Target(mac, iface, vlan, "manual", port, priority, addresses=addresses, bridge_port=bridge_port)
                 for mac in normalized]
-    ofport = None if offline else _ovs_port_number(iface, port, config)
+    ofport = None if offline else _ovsdb_port_number(iface, port, config)
     ovs = OvsPort(iface, port, ofport)
     return [Target(mac, iface, vlan, "manual", port, priority, ovs=ovs, tagged=vlan is not None,
                    vlan_source="cli", addresses=addresses) for mac in normalized]
 
 
-def _linux_bridge(iface: str, port: str, *, offline: bool) -> bool:
-    """Whether --iface is a Linux bridge here (else --port is an OVS port). Sending for real, the
-    port must be one of its ports: an FDB entry on another device would say something false."""
+def _ovs_bridge(iface: str, device: Link | None, config: Config) -> bool:
+    """Whether --iface is an Open vSwitch bridge's own port. Netlink tells for the kernel
+    datapath (kind "openvswitch"); a userspace-datapath bridge's port is a plain tap, so only
+    for a tap in no Linux bridge is OVSDB asked."""
     import asyncio
 
-    from rarp_announce.netdev import links
+    from rarp_announce.resolve.host import ovs_snapshot
 
-    found = asyncio.run(links([iface, port]))
-    bridge = found.get(iface)
-    if bridge is None or bridge.kind != "bridge":
+    if device is None or device.master is not None or device.kind not in ("openvswitch", "tun"):
         return False
-    if not offline:
-        link = found.get(port)
-        if link is None:
-            raise InputError(f"--port {port}: no such device on this host (check: bridge link show master {iface})")
-        if link.master != iface:
-            where = f"a port of {link.master}" if link.master else "not a port of any bridge"
-            raise InputError(f"--port {port} is {where}, not of Linux bridge {iface}: give the guest's tap on {iface}")
-    return True
+    if device.kind == "openvswitch":
+        return True
+    snapshot, _why = asyncio.run(ovs_snapshot(config, timeout=2.0))
+    # OVSDB unreadable: nothing says it is one (the old behaviour of every release so far).
+    return snapshot is not None and bool(snapshot.is_bridge(iface))
 
 
-def _refuse_ovs_bridge(iface: str, config: Config) -> None:
-    """A frame with a guest's MAC written into an OVS bridge's own port makes OVS learn the guest
-    on the host and deliver the guest's traffic there: refuse it, and say what to do instead."""
-    snapshot, _why = ovs_snapshot(config, timeout=0.5)
-    # No Open vSwitch here (or unreadable): the readiness check still refuses its ports.
-    if snapshot is not None and snapshot.is_bridge(iface):
-        raise InputError(
-            f"--iface {iface} is an Open vSwitch bridge: frames written into it make OVS learn the MAC on the "
-            "host's own port; give the guest's port with --port PORT, or announce the domain (rarp-announce domain)"
-        )
+def _check_bridge_port(iface: str, port: str, link: Link | None) -> None:
+    """Sending for real on a Linux bridge, --port must be one of its ports: an FDB entry on
+    another device would say something false."""
+    if link is None:
+        raise InputError(f"--port {port}: no such device on this host (check: bridge link show master {iface})")
+    if link.master != iface:
+        where = f"a port of {link.master}" if link.master else "not a port of any bridge"
+        raise InputError(f"--port {port} is {where}, not of Linux bridge {iface}: give the guest's tap on {iface}")
 
 
-def _ovs_port_number(bridge: str, port: str, config: Config) -> int:
-    """The OpenFlow number of `port`: from OVSDB, else from the bridge itself."""
+def _ovsdb_port_number(bridge: str, port: str, config: Config) -> int | None:
+    """The OpenFlow number of `port` from OVSDB; None when OVSDB cannot tell (the sink then asks
+    the bridge itself, cli._common.run_announcement)."""
     import asyncio
 
-    snapshot, _why = ovs_snapshot(config, timeout=1.0)
+    from rarp_announce.resolve.host import ovs_snapshot
+
+    snapshot, _why = asyncio.run(ovs_snapshot(config, timeout=1.0))
     info = snapshot.find_port(name=port) if snapshot is not None else None
-    if info is not None:
-        if info.bridge != bridge:
-            raise InputError(f"--port {port} is on OVS bridge {info.bridge}, not {bridge}: fix --iface")
-        if info.ofport is None or info.ofport <= 0:
-            raise AnnounceError(f"OVS port {port} has no OpenFlow port number ({info.error or 'not ready'})")
-        return info.ofport
-    number = asyncio.run(openflow_port_once(config, bridge, port))
-    if number is None:
-        raise InputError(f"no port {port} on Open vSwitch bridge {bridge} (check: ovs-vsctl list-ports {bridge})")
-    return number
+    if info is None:
+        return None
+    if info.bridge != bridge:
+        raise InputError(f"--port {port} is on OVS bridge {info.bridge}, not {bridge}: fix --iface")
+    if info.ofport is None or info.ofport <= 0:
+        raise AnnounceError(f"OVS port {port} has no OpenFlow port number ({info.error or 'not ready'})")
+    return int(info.ofport)
 
 
 @app.command()

@@ -6,6 +6,7 @@ bridge's pipeline with in_port = that port, actions=table)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ _ANNOUNCE_MATCH = re.compile(r"(^|[ ,])(rarp|arp|dl_type=0x8035|dl_type=0x0?806|
 
 def ovsdb_read(config: Config) -> tuple[Any, list[Check]]:
     """(snapshot or None, the checks saying so)."""
-    from rarp_announce.cli._common import ovs_snapshot
+    from rarp_announce.resolve.host import ovs_snapshot
 
     remote = config.ovs.remote()
     if remote is None:
@@ -30,7 +31,7 @@ def ovsdb_read(config: Config) -> tuple[Any, list[Check]]:
     path = remote[len("unix:"):] if remote.startswith("unix:") else None
     if config.ovs.db is None and path is not None and not os.path.exists(path):
         return None, [info("ovs", f"no Open vSwitch on this host (no OVSDB socket at {path})")]
-    snapshot, error = ovs_snapshot(config, timeout=2.0)
+    snapshot, error = asyncio.run(ovs_snapshot(config, timeout=2.0))
     if snapshot is None:
         return None, [warn("ovs", f"OVSDB at {remote} is unreachable: {error}",
                            "OVS vNICs (virtualport type openvswitch, vhost-user) are not announced: their port, "

@@ -1,4 +1,4 @@
-"""The address sources in use, and which of them the guest controls (resolve/sources.py).
+"""The address sources in use, and which of them the guest controls (address_sources.py).
 
 Frames the host sends pass no per-guest anti-spoofing filter, so a source only the guest
 vouches for (the neighbour table, the guest agent) is announced only through the policy of
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from rarp_announce.config import Config
 from rarp_announce.doctor.report import Check, info, ok, warn
-from rarp_announce.resolve.sources import BY_NAME
+from rarp_announce.address_sources import BY_NAME
 
 
 def source_checks(config: Config) -> list[Check]:

@@ -14,25 +14,16 @@ from rarp_announce.model import Resolution, Target
 
 
 def resolve_domain(config: Config, conn: Any, name: str, ovs: tuple[Any, str | None]) -> tuple[Resolution | None, list[Check]]:
+    from rarp_announce.resolve.host import resolve_once
     from rarp_announce.virt.connection import running_domain_xml
 
     try:
         _dom, document = running_domain_xml(conn, name)
-        resolution = asyncio.run(_resolve(document, config, conn, ovs))
+        resolution = asyncio.run(resolve_once(document, config, conn, ovs))
     except AnnounceError as exc:
         return None, [fail("targets", f"domain {name}: {exc}", "its targets cannot be checked",
                            "give a domain running on this host (virsh list)")]
     return resolution, target_checks(resolution)
-
-
-async def _resolve(document: str, config: Config, conn: Any, ovs: tuple[Any, str | None]) -> Resolution:
-    from rarp_announce.cli.resolve import host_resolver
-
-    resolver = host_resolver(config, conn, None, ovs)
-    resolution: Resolution = await resolver.resolve(document)
-    waiting = [t for t in resolution.targets if t.route not in resolution.problems]
-    resolution.problems.update(await resolver.check(waiting))
-    return resolution
 
 
 def target_checks(resolution: Resolution) -> list[Check]:

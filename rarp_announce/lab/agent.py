@@ -3,7 +3,9 @@
 OpenStack plugs a migrating guest's port on the destination as "dead" (os-vif isolate_vif:
 tag 4095) and its agent moves it into the network's local VLAN seconds later; the VLAN is set
 on the OVS port, never in the domain XML (Nova/Neutron bugs 1815989, 1901707). QEMU's five
-RARPs go out meanwhile and are lost in the dead VLAN. The lab's agent reproduces that:
+RARPs go out meanwhile and are lost in the dead VLAN. In the lab, libvirt plugs the port dead
+(the guest's XML carries tag 4095, guest.py), so it is never live but unwired, however late
+this agent runs on a loaded machine. The agent reproduces the rest:
 
 - `immediate`: the port gets its VLAN as soon as libvirt plugged it (STARTED/MIGRATED),
   before the guest resumes, as on a host whose agent is quick;
@@ -11,22 +13,32 @@ RARPs go out meanwhile and are lost in the dead VLAN. The lab's agent reproduces
   OpenStack host. Dead is what Neutron's agent does in port_dead(): tag 4095, and a flow that
   drops everything the port sends (OVS would otherwise flood VLAN 4095 out of trunk ports).
   The lab cannot know the tap's name before libvirt plugs it, so its drop flow matches the
-  guest's MAC and is in place before the migration starts; the tag follows at STARTED/MIGRATED.
-  Wiring removes the flow, then sets the VLAN.
+  guest's MAC and is in place before the migration starts; port_dead() follows at
+  STARTED/MIGRATED (the tag is 4095 from the plug already). Wiring removes the flow, then
+  sets the VLAN. It waits for QEMU's own announcements to be over first (`qemu_over`): one
+  that came between the two steps would leave in VLAN 4095 out of the lab's trunk (Neutron's
+  physical bridges carry only mapped VLANs), one after them would count as ours. On a loaded
+  machine QEMU's last frame came 2.1 s after the resume, past the 2 s delay.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from rarp_announce.lab.netns import wait_until
 from rarp_announce.lab.ovs import PrivateOVS
-from rarp_announce.virt.lifecycle import EVENT_RESUMED, EVENT_STARTED, RESUMED_MIGRATED, RESUMED_POSTCOPY, STARTED_MIGRATED
+from rarp_announce.virt.arrival_steps import EVENT_RESUMED, EVENT_STARTED, RESUMED_MIGRATED, RESUMED_POSTCOPY, STARTED_MIGRATED
 
 Wiring = Literal["immediate", "late"]
 DEAD_VLAN = 4095
+QEMU_OVER_TIMEOUT = 120.0  # s; QEMU's schedule lasts 0.8 s: a bound so the agent never hangs
+QEMU_SETTLE = 1.0  # s after QEMU's last frame: ovs-vswitchd may still be handling it (an upcall)
+
+QemuOver = Callable[[], "float | None"]  # when QEMU's last announcement of this arrival was seen, or None yet
 
 
 @dataclass
@@ -78,8 +90,10 @@ class WiringAgent:
         self.wire(ovs, port, self.vlan)
         return port
 
-    def follow(self, ovs: PrivateOVS, events: object, host: str, since: float, timeout: float = 60.0) -> tuple[threading.Thread, Rewiring]:
-        """Wire the port the destination plugs for this migration, as `wiring` says; returns at once."""
+    def follow(self, ovs: PrivateOVS, events: object, host: str, since: float, timeout: float = 60.0,
+               qemu_over: QemuOver | None = None) -> tuple[threading.Thread, Rewiring]:
+        """Wire the port the destination plugs for this migration, as `wiring` says; returns at once.
+        Late wiring also waits for `qemu_over` (see the module's docstring)."""
         record = Rewiring()
         if self.wiring == "late":
             self.block(ovs)  # before libvirt plugs the port: QEMU's first frame must not slip through
@@ -103,6 +117,12 @@ class WiringAgent:
                     record.errors.append("no RESUMED on the destination")
                     return
                 time.sleep(max(0.0, resumed + self.delay - time.time()))
+                if qemu_over is not None:
+                    if not wait_until(lambda: qemu_over() is not None, QEMU_OVER_TIMEOUT, 0.02):
+                        record.errors.append(f"set-up: QEMU's own announcements not over {QEMU_OVER_TIMEOUT:.0f} s "
+                                             "after the resume; wired anyway")
+                    last = qemu_over()
+                    time.sleep(max(0.0, (last or 0.0) + QEMU_SETTLE - time.time()))
                 self._timed_wire(ovs, record)
             except Exception as error:  # reported through the record: the migration goes on
                 record.errors.append(f"{type(error).__name__}: {error}")

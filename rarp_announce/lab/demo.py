@@ -112,6 +112,9 @@ def migration_story(m: Migration, lab: Lab, write: Write) -> None:
     if m.lag_resumed_ms is not None:
         write(f"    our first frame at the switch: {m.lag_resumed_ms:+.1f} ms vs the RESUMED event (as the lab's "
               "libvirt client saw it)")
+    if m.lag_qemu_resumed_ms is not None:
+        write(f"    ... and {m.lag_qemu_resumed_ms:+.1f} ms after QEMU resumed the guest (its own stamp of the RESUME "
+              "event, on the kernel's clock: the ordering that cannot lie)")
     if m.lag_qemu_host_ms is not None:
         write(f"    on host {m.destination}: our first frame left {m.lag_qemu_host_ms:+.1f} ms after QEMU's own first RARP")
 

@@ -2,8 +2,11 @@
 
 It sits in firmware (no bootable device) and migrates in about two seconds. Option ROMs are
 off so iPXE sends nothing: the only frames carrying its MACs are announcements. As with
-OpenStack's Neutron, the OVS vNIC's VLAN is not in the domain XML: the lab's wiring agent
-sets it on the port in OVSDB (agent.py).
+OpenStack's Neutron, the OVS vNIC's network VLAN is not in the domain XML: the lab's wiring
+agent sets it on the port in OVSDB (agent.py). The XML carries the dead VLAN instead, so that
+libvirt plugs the port isolated (tag 4095) in the same ovs-vsctl transaction that creates it
+(libvirt src/util/virnetdevopenvswitch.c, virNetDevOpenvswitchAddPort), on every host the
+guest starts or arrives on, as os-vif's isolate_vif does: never a moment live but unwired.
 
 With `boot` (tinyguest.py), the guest runs a real tiny Linux instead, booted directly from a
 kernel and initramfs, that tallies the client's frames on its serial console.
@@ -20,6 +23,7 @@ from xml.sax.saxutils import escape
 from rarp_announce.resolve.addresses import METADATA_NS
 
 OVS_VLAN = 100
+DEAD_VLAN = 4095  # Neutron's DEAD_VLAN_TAG: what an OVS port is plugged with until the agent wires it
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ class Guest:
 def _interface(nic: Nic) -> str:
     extra = ""
     if nic.ovs:
-        extra += "\n      <virtualport type='openvswitch'/>"
+        extra += f"\n      <virtualport type='openvswitch'/>\n      <vlan><tag id='{DEAD_VLAN}'/></vlan>"
     if nic.vlan and not nic.ovs:
         extra += f"\n      <vlan><tag id='{nic.vlan}'/></vlan>"
     return f"""

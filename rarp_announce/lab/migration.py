@@ -50,9 +50,11 @@ class Migration:
     destination: str
     started: float
     duration: float = 0.0
-    resumed: float | None = None
+    resumed: float | None = None  # RESUMED as the lab's libvirt client received it (late under load)
+    qemu_resumed: float | None = None  # QEMU's own stamp of its RESUME event: when the guest resumed
     qemu_first: float | None = None
     qemu_frames: int = 0  # QEMU's own RARPs seen entering the destination's bridges from its taps
+    qemu_last: float | None = None  # ... the last of them
     qemu_by_mac: dict[str, int] = field(default_factory=dict)  # ... per MAC
     sent_first: float | None = None  # our first frame as it left the destination host
     frames: list[Seen] = field(default_factory=list)  # RARPs seen at the switch, from the destination
@@ -79,6 +81,11 @@ class Migration:
     @property
     def lag_resumed_ms(self) -> float | None:
         return None if self.first is None or self.resumed is None else (self.first - self.resumed) * 1000
+
+    @property
+    def lag_qemu_resumed_ms(self) -> float | None:
+        """Our first frame at the switch after QEMU's own stamp of the guest's resume (one clock)."""
+        return None if self.first is None or self.qemu_resumed is None else (self.first - self.qemu_resumed) * 1000
 
     @property
     def lag_qemu_ms(self) -> float | None:
@@ -152,6 +159,7 @@ def series(migrations: list[Migration]) -> dict[str, list[float]]:
     """The samples of each figure over `migrations`, in migration order, missing ones left out."""
     samples: dict[str, list[float | None]] = {
         "lag_resumed_ms": [m.lag_resumed_ms for m in migrations],
+        "lag_qemu_resumed_ms": [m.lag_qemu_resumed_ms for m in migrations],
         "lag_qemu_ms": [m.lag_qemu_ms for m in migrations],
         "lag_qemu_host_ms": [m.lag_qemu_host_ms for m in migrations],
         "offset_ms": [abs(o) for m in migrations for o in m.offsets_ms()],

@@ -17,7 +17,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from pyroute2 import NetNS, netns
+from pyroute2 import NetNS, config as _pyroute2_config, netns
+
+# pyroute2 makes and enters namespaces through a forked child that must answer within
+# `default_communicate_timeout` (2 s in pyroute2 0.9, pyroute2/process.py); on a loaded machine a
+# fork takes longer, the child is killed half-way and a test fails on its set-up, not on what it
+# checks. Bounded generously instead: a stuck child still fails, it does not hang.
+_pyroute2_config.default_communicate_timeout = 60
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -70,15 +76,18 @@ class Topology:
             raise
 
     def _build(self) -> None:
-        netns.create(self.switch)
+        # Each name is recorded before it is made: a create that fails half-way (the namespace
+        # file made, the child gone) is still removed by close(), or the next Topology of this
+        # process, whose names are the same, would fail with "File exists".
         self._made.append(self.switch)
+        netns.create(self.switch)
         with NetNS(self.switch) as sw:
             sw.link("add", ifname="switch", kind="bridge", br_stp_state=0, br_ageing_time=30000)
             switch_index = sw.link_lookup(ifname="switch")[0]
             for host in self.hosts:
                 name = unique(host)
-                netns.create(name)
                 self._made.append(name)
+                netns.create(name)
                 self.ns[host] = name
                 sw.link("add", ifname=f"port_{host}", kind="veth", peer={"ifname": "uplink", "net_ns_fd": name})
                 sw.link("set", ifname=f"port_{host}", master=switch_index, state="up")

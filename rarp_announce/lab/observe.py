@@ -137,7 +137,17 @@ def check_frame(frame: bytes, mac: str, vlan: int | None) -> str | None:
 
 
 class Events:
-    """Lifecycle events of libvirt connections, with the wall-clock time each arrived.
+    """Lifecycle events of libvirt connections, with the wall-clock time each arrived; and QEMU's
+    own RESUME events, with the time QEMU stamped them.
+
+    The arrival time of a lifecycle event is the lab's: on a loaded machine its thread may run
+    milliseconds after the guest resumed, so it cannot order the resume against a frame. QEMU
+    stamps each QMP event when it emits it (CLOCK_REALTIME, qapi/qmp-event.c
+    qmp_event_build_dict), and emits RESUME just before it resumes the vCPUs (QEMU cpus.c
+    vm_prepare_start); libvirt passes the stamp through unchanged (libvirt-qemu's
+    virConnectDomainQemuMonitorEventRegister, seconds and micros). The kernel stamps captured
+    frames on the same clock, so "our frame after the guest resumed" is one clock's ordering.
+    Registering for monitor events does not taint the domain (only monitor commands do).
 
     libvirt needs its event loop registered before any connection opens, and run by a thread.
     """
@@ -147,6 +157,7 @@ class Events:
 
     def __init__(self) -> None:
         self.records: list[tuple[float, str, str, int, int]] = []  # time, host, domain, event, detail
+        self.qemu_records: list[tuple[float, str, str, str]] = []  # QEMU's stamp, host, domain, QMP event
         self._cond = threading.Condition()
         self._start_loop()
 
@@ -174,7 +185,28 @@ class Events:
                 self.records.append((time.time(), host, dom.name(), event, detail))
                 self._cond.notify_all()
 
+        def qemu_callback(_conn, dom, event, seconds, micros, _details, _opaque) -> None:
+            with self._cond:
+                self.qemu_records.append((seconds + micros / 1e6, host, dom.name(), event))
+                self._cond.notify_all()
+
+        import libvirt_qemu
+
+        libvirt_qemu.qemuMonitorEventRegister(conn, None, "RESUME", qemu_callback, None, 0)
         return conn.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, callback, None)
+
+    def wait_qemu(self, host: str, event: str, since: float, timeout: float) -> float | None:
+        """QEMU's own stamp of its first QMP `event` on `host` stamped after `since`, or None."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for stamp, who, _dom, name in self.qemu_records:
+                    if who == host and name == event and stamp >= since:
+                        return stamp
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
 
     def wait(self, host: str, event: int, details: tuple[int, ...], since: float, timeout: float) -> float | None:
         """Time of the first (`event`, detail in `details`) on `host` after `since`, or None."""

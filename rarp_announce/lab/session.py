@@ -49,9 +49,10 @@ from rarp_announce.lab.tinyguest import SerialTally, direct_boot
 from rarp_announce.lab.teardown import kill_pid
 from rarp_announce.lab.topology import CLIENT_DEVICE, HOSTS, HOST_UPLINK_OFPORT, LabTopology, make_workdir
 from rarp_announce.lab.traffic import ClientTraffic, Delivered
+from rarp_announce.schedule import Schedule
 from rarp_announce.lab.fdbwatch import FdbWatch
 from rarp_announce.lab.frametrace import MigrationTrace, gather
-from rarp_announce.virt.lifecycle import EVENT_RESUMED, EVENT_SUSPENDED, RESUMED_MIGRATED, RESUMED_POSTCOPY
+from rarp_announce.virt.arrival_steps import EVENT_RESUMED, EVENT_SUSPENDED, RESUMED_MIGRATED, RESUMED_POSTCOPY
 
 Mode = Literal["daemon", "hook", "both", "cli", "none"]
 QemuRarp = Literal["drop", "keep"]
@@ -61,6 +62,9 @@ FABRICS = ("l2", "evpn")
 MODES = ("daemon", "hook", "both", "cli", "none")
 _CLI = [sys.executable, "-m", "rarp_announce"]
 STATE_FILE = Path("/tmp/rarp-announce-lab.json")  # where `lab up` leaves what `lab migrate|down` need
+ANNOUNCEMENTS_QUIET = 2.0  # s without a frame of the guest at the switch: the schedules are over
+ANNOUNCEMENTS_BOUND = 60.0  # s; a bound on that wait, not a budget
+DAEMON_READY_TIMEOUT = 180.0  # s; ~1 s on an idle machine, a few on a loaded one: a bound, not a budget
 
 Narrate = Callable[[str], None]
 
@@ -210,7 +214,9 @@ class Lab:
         import libvirt
 
         conn = libvirt.open(self.libvirtd[host].uri)
-        conn.setKeepAlive(2, 3)
+        # Keepalive: 5 s x 6 unanswered probes. Tighter (2 s x 3) closed the lab's connection in
+        # the middle of a migration on a loaded machine (libvirtd answering late, not dead).
+        conn.setKeepAlive(5, 6)
         assert self.events is not None
         self.events.watch(host, conn)
         self.conns[host] = conn
@@ -255,15 +261,32 @@ class Lab:
         argv = ["ip", "netns", "exec", self.topology.hosts[host].netns, *_CLI, "daemon",
                 "--connect", self.libvirtd[host].uri, "--control-socket", str(sock), "--state-dir", str(state),
                 "--config", str(self.config_path(host))]
+        began = time.monotonic()
         process = Proc.start(argv, log)
         self.daemons[host] = process
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not sock.exists():
+        # Ready is what the lab needs: the daemon answers on its socket and is connected to its
+        # libvirtd (an arrival before that would be caught up, not announced live). Waited for,
+        # however long a loaded machine takes, bounded so that a daemon that never gets there
+        # fails the lab with its log instead of hanging it.
+        while not self._daemon_connected(host):
             if not process.alive:
                 raise RuntimeError(f"rarp-announce daemon on host {host} exited with {process.returncode}; see {log}")
+            if time.monotonic() - began > DAEMON_READY_TIMEOUT:
+                tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+                raise RuntimeError(f"rarp-announce daemon on host {host} not connected to its libvirtd after "
+                                   f"{DAEMON_READY_TIMEOUT:.0f} s; its log ends:\n{tail}")
             time.sleep(0.05)
-        self.narrate(f"host {host}: rarp-announce daemon {process.pid} watching its libvirtd and its OVS")
+        self.narrate(f"host {host}: rarp-announce daemon {process.pid} watching its libvirtd and its OVS "
+                     f"(ready after {time.monotonic() - began:.1f} s)")
         return process
+
+    def _daemon_connected(self, host: str) -> bool:
+        sock, _state = self.daemon_paths(host)
+        if not sock.exists():
+            return False
+        status = self.daemon_status(host)
+        connection = status.get("connection") if status else None
+        return isinstance(connection, dict) and connection.get("state") == "connected"
 
     def stop_daemon(self, host: str) -> None:
         process = self.daemons.pop(host, None)
@@ -316,7 +339,8 @@ class Lab:
         topo.router.forget()  # what it knows after the migration it learned from the destination
         self.narrate(f"migration {record.number}: host {src} -> host {dst} (live, precopy)")
         record.started = time.time()
-        agent_thread, record.rewiring = self.agent.follow(topo.hosts[dst].ovs, self.events, dst, record.started, timeout)
+        agent_thread, record.rewiring = self.agent.follow(topo.hosts[dst].ovs, self.events, dst, record.started, timeout,
+                                                          qemu_over=self._qemu_over(dst, record.started))
         flags = libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
         dom = self.conns[src].lookupByName(self.guest.name)
         uri = f"tcp://{topo.hosts[dst].migration_address}"
@@ -334,6 +358,8 @@ class Lab:
         if self.mode == "cli" and record.resumed is not None:
             self._announce_by_cli(dst)
         mover.join(timeout)
+        if record.resumed is not None:  # QEMU emitted it before libvirt's RESUMED: here already, or soon
+            record.qemu_resumed = self.events.wait_qemu(dst, "RESUME", record.started, 10.0)
         record.duration = time.time() - record.started
         if failure or mover.is_alive():
             raise RuntimeError(f"migration {record.number} {src}->{dst} failed: {failure[0] if failure else 'timed out'}")
@@ -345,6 +371,7 @@ class Lab:
         wait_until(lambda: all(topo.where(mac) == port for mac, port in record.expected.items()),
                    max(0.0, ready_at + max(settle, 5.0) - time.time()))
         time.sleep(max(0.0, ready_at + settle - time.time()))
+        self._wait_announcements_over(record.started)
         record.moved = {n.mac: topo.where(n.mac) for n in self.guest.nics}
         # The router sees untagged traffic only (no VLAN interfaces here): the br0 vNIC's addresses.
         wait_until(lambda: all(topo.router.learned(ip, n.mac) for n in switched if not n.vlan for ip in n.addresses),
@@ -359,6 +386,44 @@ class Lab:
         self.migrations.append(record)
         return record
 
+    def _wait_announcements_over(self, since: float, quiet: float = ANNOUNCEMENTS_QUIET,
+                                 bound: float = ANNOUNCEMENTS_BOUND) -> None:
+        """Until no frame of the guest's MACs reached the switch for `quiet` s (bounded): on a loaded
+        machine a schedule that began late also ends late, and its last rounds must be counted in
+        this migration, not lost after it."""
+        assert self.switch_sniffer is not None
+        macs = set(self.guest.macs)
+        deadline = time.monotonic() + bound
+        seen, changed = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            count = sum(1 for s in self.switch_sniffer.since(since) if s.mac in macs)
+            if count != seen:
+                seen, changed = count, time.monotonic()
+            elif time.monotonic() - changed >= quiet:
+                return
+            time.sleep(0.05)
+
+    def _when(self, record: Migration, stamp: float) -> str:
+        marks = {"QEMU's RESUME": record.qemu_resumed, "RESUMED seen": record.resumed}
+        if record.rewiring is not None:
+            marks.update({"wiring began": record.rewiring.wired_start, "wired": record.rewiring.wired_at})
+        qemu = [s.time for s in self.host_sniffers[record.destination].since(record.started) if not s.sent]
+        shown = [f"{(stamp - at) * 1000:+.1f} ms vs {name}" for name, at in marks.items() if at is not None]
+        return "; ".join(shown + [f"QEMU's own frames at {[round((t - stamp) * 1000, 1) for t in qemu]} ms from it"])
+
+    def _qemu_over(self, host: str, since: float) -> Callable[[], float | None]:
+        """When QEMU's last own announcement of the OVS vNIC on `host` since `since` entered from its
+        tap (its schedule, twice with guest_announce: the announce-self the daemon asks for), or None
+        while some are still to come."""
+        mac, rounds = self.ovs_nic.mac, Schedule().rounds * (2 if self.guest_announce else 1)
+        sniffer = self.host_sniffers[host]
+
+        def over() -> float | None:
+            times = [s.time for s in sniffer.since(since) if s.mac == mac and not s.sent]
+            return max(times) if len(times) >= rounds else None
+
+        return over
+
     def _collect(self, record: Migration) -> None:
         assert self.topology is not None and self.switch_sniffer is not None
         dst = self.topology.hosts[record.destination]
@@ -371,13 +436,14 @@ class Lab:
             if seen.device in ports:
                 record.frames.append(seen)
                 why = check_frame(seen.frame, seen.mac, vlans[seen.mac])
-                if why:
-                    record.bad_frames.append(f"{seen.device}: {why}")
+                if why:  # when, too: against the resume, the wiring and QEMU's own frames, to tell whose it was
+                    record.bad_frames.append(f"{seen.device}: {why}, {self._when(record, seen.time)}")
             elif seen.device in source_ports:
                 record.stray.append(seen)
         host_seen = self.host_sniffers[record.destination].since(record.started)
         theirs = [s for s in host_seen if s.mac in vlans and not s.sent]
         record.qemu_first = min((s.time for s in theirs), default=None)
+        record.qemu_last = max((s.time for s in theirs), default=None)
         record.qemu_frames = len(theirs)
         for seen in theirs:
             record.qemu_by_mac[seen.mac] = record.qemu_by_mac.get(seen.mac, 0) + 1

@@ -2,7 +2,7 @@
 
 RARP carries no IP, so fabrics that learn MAC-IP bindings (EVPN ARP suppression, routers) need
 the guest's addresses announced too (RFC 5227 section 3, RFC 4861 section 7.2.6). The sources,
-and who vouches for each, are the table in resolve/sources.py; this module reads those that the
+and who vouches for each, are the table in address_sources.py; this module reads those that the
 domain XML, the config and libvirt answer (the neighbour table is resolve/neighbours.py):
 
 - ``metadata``: the domain's own ``<metadata>``, in this project's namespace
@@ -52,14 +52,14 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
-from rarp_announce.announce.schedule import Schedule
+from rarp_announce.schedule import Schedule
 from rarp_announce.config import ADDRESS_SOURCES, MAX_ADDRESSES_PER_MAC, AddressesConfig
 from rarp_announce.errors import InputError
 from rarp_announce.ipaddr import check_ip
 from rarp_announce.mac import normalize_mac
 from rarp_announce.model import Address, AddressSource
 from rarp_announce.names import one_line, quoted
-from rarp_announce.resolve.sources import BY_NAME, LIBVIRT_SOURCES
+from rarp_announce.address_sources import BY_NAME, LIBVIRT_SOURCES
 
 METADATA_NS = "urn:x-rarp-announce:addresses:1"
 MAX_PER_MAC = MAX_ADDRESSES_PER_MAC  # every address costs a GARP or NA per round

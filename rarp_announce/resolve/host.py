@@ -22,7 +22,8 @@ from rarp_announce.resolve import hostnet
 from rarp_announce.resolve.addresses import guest_announce, libvirt_addresses, merge, off_loop
 from rarp_announce.resolve.interfaces import OvsLookup, resolve_xml
 from rarp_announce.resolve.neighbours import HostTables, neighbour_addresses, read_tables
-from rarp_announce.resolve.sources import BY_NAME, GUEST
+from rarp_announce.resolve.ovsport import PortInfo
+from rarp_announce.address_sources import BY_NAME, GUEST
 from rarp_announce.resolve.trust import bridge_of, declared_elsewhere, guest_sources, vet
 
 if TYPE_CHECKING:
@@ -54,12 +55,49 @@ def _uuid_of(xml: str | bytes) -> str | None:
     return canonical_uuid(match.group(1).decode()) if match else None
 
 
-def sink_port_lookup(sink: object) -> OpenFlowPort | None:
-    """Port numbers asked on the sink's own OpenFlow connections (a wire sink); None for a sink
-    without any (pcap, dry run)."""
-    from rarp_announce.transport.wire import WireSink
+async def ovs_snapshot(config: Config, timeout: float) -> tuple[Any, str | None]:
+    """One read of the OVS database for a command: (snapshot, None), or (None, why not);
+    (None, None) when the config says never to read it."""
+    from rarp_announce.resolve.ovsdb import OvsdbUnavailable, read_snapshot
 
-    return sink.openflow.port_number if isinstance(sink, WireSink) else None
+    remote = config.ovs.remote()
+    if remote is None:
+        return None, None
+    try:
+        return await read_snapshot(remote, timeout), None
+    except OvsdbUnavailable as exc:
+        return None, exc.reason
+
+
+def command_resolver(config: Config, conn: Any, openflow_port: OpenFlowPort,
+                     ovs: tuple[Any, str | None] = (None, None)) -> HostResolver:
+    """The resolver of a command: `ovs` is a one-shot OVSDB snapshot, or None and why there is
+    none (a live replica can be set later with `follow_ovs`); `openflow_port` is the sink's
+    (Sink.port_number: asked on the sink's own connection)."""
+    snapshot, error = ovs
+    return HostResolver(lambda: config, connection=lambda: conn, ovs=snapshot, ovs_error=error,
+                        openflow_port=openflow_port)
+
+
+async def resolve_once(document: str | bytes, config: Config, conn: Any,
+                       ovs: tuple[Any, str | None] | None = None) -> Resolution:
+    """What `targets` and `doctor` show: the resolution with this host's OVS ports and its
+    readiness check. `ovs` is an OVSDB snapshot read already (and why there is none); without
+    it OVSDB is read only when a vNIC is on Open vSwitch. Port numbers OVSDB does not give are
+    asked of the bridge, on a network sink's connection (Sink.port_number)."""
+    from rarp_announce.transport.factory import open_sink
+
+    sink = open_sink(openflow_endpoint=config.ovs.endpoint)
+    try:
+        resolver = command_resolver(config, conn, sink.port_number, ovs or (None, None))
+        if ovs is None and await resolver.needs_ovs(document):
+            resolver.ovs, resolver.ovs_error = await ovs_snapshot(config, timeout=1.0)
+        resolution = await resolver.resolve(document)
+        waiting = [t for t in resolution.targets if t.route not in resolution.problems]
+        resolution.problems.update(await resolver.check(waiting))
+        return resolution
+    finally:
+        sink.close()
 
 
 class HostResolver:
@@ -102,6 +140,30 @@ class HostResolver:
         view = OvsdbView(remote, on_change=on_change)
         self.ovs = view
         return view
+
+    async def needs_ovs(self, xml: str | bytes) -> bool:
+        """Whether resolving `xml` asks the OVS database anything: a vNIC plugged into Open
+        vSwitch (<virtualport type='openvswitch'>, which libvirt needs to plug a tap into OVS,
+        and writes into the live XML of a vNIC on an OVS network too; vhost-user) or into a
+        bridge that netlink shows is a kernel-datapath OVS bridge (kind "openvswitch"). A
+        command on a host without Open vSwitch then never contacts it. InputError for an
+        unusable document."""
+        probe = _OvsProbe()
+        conn = self._connection()
+        network_bridge = None
+        if conn is not None:
+            from rarp_announce.virt.connection import network_bridge_lookup
+
+            network_bridge = network_bridge_lookup(conn)
+        resolve_xml(xml, self._config(), network_bridge=network_bridge, ovs=probe)
+        if probe.port_asked:
+            return True
+        if not probe.bridges:
+            return False
+        from rarp_announce.netdev import links
+
+        found = await links(probe.bridges)
+        return any(link is not None and link.kind == "openvswitch" for link in found.values())
 
     def live_xml(self, uuid: str) -> str | None:
         """The domain's live XML now, or None when libvirt is not reachable or the domain is gone."""
@@ -296,6 +358,25 @@ class HostResolver:
                     target = dataclasses.replace(target, ovs=dataclasses.replace(target.ovs, ofport=answer))
             replaced.append(target)
         resolution.targets = replaced
+
+
+class _OvsProbe:
+    """An OVS look-up that knows nothing and remembers what it was asked (HostResolver.needs_ovs)."""
+
+    applying = False
+
+    def __init__(self) -> None:
+        self.bridges: set[str] = set()
+        self.port_asked = False
+
+    def find_port(self, *, name: str | None = None, mac: str | None = None,
+                  socket_path: str | None = None) -> PortInfo | None:
+        self.port_asked = True
+        return None
+
+    def is_bridge(self, name: str) -> bool:
+        self.bridges.add(name)
+        return False
 
 
 async def _read_tables_aside() -> HostTables:

@@ -32,8 +32,8 @@ from rarp_announce.names import one_line, shown, valid_ifname
 from rarp_announce.resolve import hostnet
 from rarp_announce.resolve.addresses import declared_addresses, merge
 from rarp_announce.resolve.domxml import parse_domain
-from rarp_announce.resolve.ovsport import PortInfo, vlan_plan, wiring_problem
-from rarp_announce.resolve.sources import GUEST
+from rarp_announce.resolve.ovsport import DEAD_VLAN, PortInfo, vlan_plan, wiring_problem
+from rarp_announce.address_sources import GUEST
 
 NetworkBridge = Callable[[str], "str | None"]
 MAX_TARGETS = 4096  # a trunk of every VLAN is 4094 on one vNIC; 59 such vNICs made 241k targets
@@ -267,9 +267,12 @@ def _ovs_plan(
     """The VLANs the guest's MAC lives in on its OVS port: OVSDB's when read, else the XML's
     (`xml_vlan`). Only a `wired` port's VLANs are compared with the XML's."""
     if info is None:
+        if _parks(xml_vlan):
+            raise _Skip(f"the domain XML plugs its OVS port parked in the dead VLAN {DEAD_VLAN} for an agent to "
+                        "wire in OVSDB, which was not read: its VLAN is unknown (set [ovs] db)")
         return [(vlan, tagged, "xml") for vlan, tagged in _xml_ovs_plan(xml_vlan)]
     plan = vlan_plan(info)
-    if xml_vlan is not None and wired:
+    if xml_vlan is not None and wired and not _parks(xml_vlan):
         ours = sorted(v for v, _t in plan if v is not None)
         theirs = sorted(v for v, _t in _xml_ovs_plan(xml_vlan) if v is not None)
         if ours != theirs:
@@ -278,6 +281,14 @@ def _ovs_plan(
                 f"{_vlan_list(theirs)}: announcing in OVSDB's (the port's real configuration)"
             )
     return [(vlan, tagged, "ovsdb") for vlan, tagged in plan]
+
+
+def _parks(vlan: ET.Element | None) -> bool:
+    """<vlan><tag id='4095'/></vlan> on an OVS port: libvirt creates the port with tag 4095 in
+    the same ovs-vsctl transaction (src/util/virnetdevopenvswitch.c, virNetDevOpenvswitchAddPort),
+    isolated as os-vif's isolate_vif does, until an agent wires it in OVSDB. The XML then names
+    no VLAN of the network: OVSDB alone does (ovsport.wiring_problem says when it is wired)."""
+    return vlan is not None and [(tag.get("id") or "").strip() for tag in vlan.findall("tag")] == [str(DEAD_VLAN)]
 
 
 def _vlan_list(vlans: list[int]) -> str:

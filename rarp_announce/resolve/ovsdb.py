@@ -650,10 +650,11 @@ def read_once(remote: str | None = None, timeout: float = 2.0) -> OvsSnapshot:
     Raises OvsdbUnavailable at the first failure to reach the server, or after `timeout` s
     without its contents."""
     remote = remote if remote is not None else default_remote()
-    return asyncio.run(_read_once(remote, timeout))
+    return asyncio.run(read_snapshot(remote, timeout))
 
 
-async def _read_once(remote: str, timeout: float) -> OvsSnapshot:
+async def read_snapshot(remote: str, timeout: float) -> OvsSnapshot:
+    """read_once on the running loop: a command that already runs one."""
     view = OvsdbView(remote)
     view._log_transitions = False
     try:

@@ -1,4 +1,4 @@
-"""The policy every address from a guest-vouched source (resolve/sources.py) passes, or is refused.
+"""The policy every address from a guest-vouched source (address_sources.py) passes, or is refused.
 
 A frame the host sends for a guest passes none of the per-guest anti-spoofing filters (libvirt's
 nwfilter ``clean-traffic``, OpenStack port security): those sit on the guest's tap, and our
@@ -29,7 +29,7 @@ from rarp_announce.config import AddressesConfig
 from rarp_announce.model import Address, RefusedAddress, Target
 from rarp_announce.names import one_line
 from rarp_announce.resolve.neighbours import HostTables
-from rarp_announce.resolve.sources import GUEST
+from rarp_announce.address_sources import GUEST
 
 Elsewhere = Mapping[str, Sequence[tuple[str, str]]]
 """IP -> (MAC, who declares it) for every address the operator declared on this host."""

@@ -7,18 +7,27 @@ import ipaddress
 import struct
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TextIO
 
-from rarp_announce.announce.frames import frame_kind
+from rarp_announce.frames import frame_kind
 from rarp_announce.model import Target
 from rarp_announce.textio import emit_line
 
 
 class DryRunSink:
+    offline = True
+    prints_frames = True
+
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream or sys.stdout
         self._start: float | None = None
+
+    def destination(self, routes: Collection[str]) -> str:
+        return "(dry run) on " + ", ".join(sorted(routes))
+
+    async def port_number(self, bridge: str, port: str) -> int | None:
+        return None  # nothing is asked of a bridge in a dry run: the number shows as "?"
 
     async def prepare(self, target: Target, frames: Sequence[bytes]) -> None:
         pass

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 
 from rarp_announce.config import OvsConfig
@@ -443,6 +443,9 @@ _NOT_OVS = "is not an Open vSwitch port: the OpenFlow transport only injects fra
 class OpenFlowSink:
     """The Sink for OVS ports: each frame enters its bridge as a packet-out from the guest's port."""
 
+    offline = False
+    prints_frames = False
+
     def __init__(self, endpoint_for: Callable[[str], str] = default_endpoint, *, connect_timeout: float = 1.0,
                  versions: Sequence[int] = ofp.VERSIONS) -> None:
         self._endpoint_for = endpoint_for
@@ -452,6 +455,9 @@ class OpenFlowSink:
         self._opening: dict[str, asyncio.Lock] = {}
         self._prebuilt: dict[tuple[str, int, bytes], _Prebuilt] = {}
         self._found: dict[tuple[str, str], int] = {}  # (bridge, port name) -> ofport, asked over OpenFlow
+
+    def destination(self, routes: Collection[str]) -> str:
+        return "on " + ", ".join(sorted(routes))
 
     def connection(self, bridge: str) -> OpenFlowConnection | None:
         """The bridge's connection, once `prepare` or `port_number` has opened it."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from rarp_announce.errors import AnnounceError, InputError
 from rarp_announce.model import Target
@@ -18,6 +18,9 @@ _LINKTYPE_ETHERNET = 1
 
 class PcapSink:
     """Frames exactly as they would enter the network: an OVS access port's frame is untagged."""
+
+    offline = True
+    prints_frames = False
 
     def __init__(self, path: str) -> None:
         if not path:
@@ -33,6 +36,12 @@ class PcapSink:
             self.close()
             raise AnnounceError(f"cannot write pcap file {path!r}: {exc.strerror}") from None
         self.path = path
+
+    def destination(self, routes: Collection[str]) -> str:
+        return f"to {self.path}"
+
+    async def port_number(self, bridge: str, port: str) -> int | None:
+        return None  # a file has no bridge to ask: the port's number stays unknown ("?")
 
     async def prepare(self, target: Target, frames: Sequence[bytes]) -> None:
         pass

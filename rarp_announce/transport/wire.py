@@ -10,7 +10,7 @@ by a fallback. A vNIC on a Linux bridge gets the bridge's FDB entry pointed at i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING
 
 from rarp_announce.errors import DeviceError
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 class WireSink:
     """Sends each target's frames the way its route needs; one connection per device or bridge."""
 
+    offline = False
+    prints_frames = False
+
     def __init__(self, openflow_endpoint: Callable[[str], str] | None = None) -> None:
         self.raw = RawSocketSink()
         self.fdb = BridgeFdb()
@@ -40,6 +43,12 @@ class WireSink:
 
             self._openflow = OpenFlowSink(self._endpoint or default_endpoint)
         return self._openflow
+
+    def destination(self, routes: Collection[str]) -> str:
+        return "on " + ", ".join(sorted(routes))
+
+    async def port_number(self, bridge: str, port: str) -> int | None:
+        return await self.openflow.port_number(bridge, port)
 
     async def prepare(self, target: Target, frames: Sequence[bytes]) -> None:
         if target.ovs is None:

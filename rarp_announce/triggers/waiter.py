@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rarp_announce.announce.arrivals import Arrival, ArrivalTable, Observer
+from rarp_announce.announce.arrivals import Arrival, ArrivalSettings, ArrivalTable, Observer
 from rarp_announce.announce.engine import Announcer, FrameObserver
 from rarp_announce.config import Config
 from rarp_announce.errors import AnnounceError, InputError
@@ -36,8 +36,8 @@ from rarp_announce.pids import wait_gone
 from rarp_announce.resolve.domxml import MAX_XML_BYTES
 from rarp_announce.transport.base import Sink
 from rarp_announce.triggers import hookfiles
-from rarp_announce.virt import lifecycle
-from rarp_announce.virt.lifecycle import Step
+from rarp_announce.virt import arrival_steps
+from rarp_announce.virt.arrival_steps import Step
 
 _log = logging.getLogger("rarp_announce.waiter")
 
@@ -67,13 +67,13 @@ def state_step(state: int, reason: int) -> Step | None:
     listening). PARKED: paused here (still in the prepare phase, or arrived with
     VIR_MIGRATE_PAUSED): the next RESUMED is the arrival. None: keep waiting for events.
     """
-    if state == lifecycle.DOMAIN_RUNNING and reason in (
-        lifecycle.RUNNING_MIGRATED, lifecycle.RUNNING_POSTCOPY, lifecycle.RUNNING_UNPAUSED
+    if state == arrival_steps.DOMAIN_RUNNING and reason in (
+        arrival_steps.RUNNING_MIGRATED, arrival_steps.RUNNING_POSTCOPY, arrival_steps.RUNNING_UNPAUSED
     ):
         # UNPAUSED: it arrived paused and was resumed before we looked; the hook told us it is
         # an incoming migration, so this is still that arrival.
         return Step.ARRIVED
-    if state == lifecycle.DOMAIN_PAUSED:
+    if state == arrival_steps.DOMAIN_PAUSED:
         return Step.PARKED
     return None
 
@@ -160,15 +160,16 @@ class Waiter:
             self.result.frames += 1
 
     async def run(self) -> WaitResult:
-        from rarp_announce.resolve.host import HostResolver, sink_port_lookup
+        from rarp_announce.resolve.host import HostResolver
         from rarp_announce.virt.events import Watcher, register_event_loop
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         register_event_loop(loop)  # before any connection, or events are lost
         resolver = HostResolver(lambda: self.config, connection=self._conn,
-                                openflow_port=sink_port_lookup(self.announcer.sink))
-        self.table = table = ArrivalTable(self.announcer, resolver, lambda: self.config, observers=[_Log(self.label)])
+                                openflow_port=self.announcer.sink.port_number)
+        self.table = table = ArrivalTable(self.announcer, resolver, ArrivalSettings.from_config(self.config),
+                                          observers=[_Log(self.label)])
         self.watcher = Watcher(
             self.uri, lifecycle=self._on_lifecycle, device_added=lambda *args: None,
             on_connected=lambda conn, first: self._connected.put_nowait(conn),
@@ -210,7 +211,7 @@ class Waiter:
             assert self.table is not None
             table = self.table
             entry = table.entries.get(self.uuid)
-            step = lifecycle.classify(event, detail, incoming=True, parked=entry is not None and entry.phase == "parked")
+            step = arrival_steps.classify(event, detail, incoming=True, parked=entry is not None and entry.phase == "parked")
             if step is Step.ARRIVED:
                 table.arrive(self.uuid, self.name, trigger=_TRIGGER, seen=time.monotonic())
             elif step is Step.INCOMING:
@@ -404,7 +405,7 @@ def run(
     waiter_dir: str | None = None,
 ) -> WaitResult:
     """The process entry of `rarp-announce hook wait`: one waiter per domain, then follow it."""
-    from rarp_announce.transport.wire import WireSink
+    from rarp_announce.transport.factory import open_sink
 
     uuid = check_uuid(uuid)
     if not timeout > 0:
@@ -425,7 +426,7 @@ def run(
             stop = asyncio.Event()
             # The hook's `stopped`/`release` ends us with SIGTERM: leave like a finished wait.
             loop.add_signal_handler(signal.SIGTERM, stop.set)
-            sink = WireSink(config.ovs.endpoint)
+            sink = open_sink(openflow_endpoint=config.ovs.endpoint)
             waiter = Waiter(uuid, name=name, uri=uri, config=config, sink=sink, timeout=timeout, xml=xml)
             work = asyncio.ensure_future(waiter.run())
             ended = asyncio.ensure_future(stop.wait())

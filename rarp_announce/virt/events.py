@@ -1,10 +1,11 @@
 """The libvirt connection: events on the asyncio loop, keepalive, close callback, reconnect.
 
 libvirt accepts exactly one event implementation per process, registered before any
-connection opens (or events are lost). libvirtaio binds its implementation to one loop, so a
-process that runs several loops one after another (tests, benchmarks) would be stuck with the
-first. `register_event_loop` therefore registers, once, a thin forwarder to libvirtaio's
-implementation for the loop currently running; a daemon process runs one loop for its life.
+connection opens (or events are lost), and libvirtaio binds its implementation to one asyncio
+loop. A daemon or a waiter runs one loop for its life, so `register_event_loop` registers
+libvirtaio's implementation once, through its public API, and refuses a second loop: libvirt
+would go on dispatching on the first one, dead or not, and the second would never hear an event.
+Whatever needs loops of its own (tests, benchmarks) runs them in processes of their own.
 
 libvirtaio's callbacks touch the loop without locks, so every libvirt call is made on the loop
 thread. Calls to a local libvirtd take well under a millisecond; none is made between an event
@@ -26,63 +27,40 @@ _log = logging.getLogger("rarp_announce.daemon")
 CLOSE_REASONS = {0: "error", 1: "end of file", 2: "keepalive timeout", 3: "closed by client"}
 
 
-class _Forwarder:
-    """Registered with libvirt once; forwards to the libvirtaio implementation of the live loop."""
-
-    def __init__(self) -> None:
-        self.impl: Any = None
-        self._owner: dict[int, Any] = {}  # watch/timer id -> the implementation that made it
-
-    def add_handle(self, fd: int, event: int, cb: Any, opaque: Any) -> int:
-        iden = self.impl._add_handle(fd, event, cb, opaque)
-        self._owner[iden] = self.impl
-        return iden
-
-    def update_handle(self, watch: int, event: int) -> None:
-        impl = self._owner.get(watch)
-        if impl is not None:
-            impl._update_handle(watch, event)
-
-    def remove_handle(self, watch: int) -> int:
-        impl = self._owner.pop(watch, None)
-        return -1 if impl is None else impl._remove_handle(watch)
-
-    def add_timeout(self, timeout: int, cb: Any, opaque: Any) -> int:
-        iden = self.impl._add_timeout(timeout, cb, opaque)
-        self._owner[iden] = self.impl
-        return iden
-
-    def update_timeout(self, timer: int, timeout: int) -> None:
-        impl = self._owner.get(timer)
-        if impl is not None:
-            impl._update_timeout(timer, timeout)
-
-    def remove_timeout(self, timer: int) -> int:
-        impl = self._owner.pop(timer, None)
-        return -1 if impl is None else impl._remove_timeout(timer)
-
-
-_forwarder: _Forwarder | None = None
+class EventLoopTaken(RuntimeError):
+    """libvirt's events already go to another asyncio loop of this process."""
 
 
 def register_event_loop(loop: asyncio.AbstractEventLoop) -> None:
-    """Make libvirt dispatch its events on `loop`; call before opening any connection."""
-    global _forwarder
+    """Make libvirt dispatch its events on `loop`; call before opening any connection.
+
+    Once per process: again with the same loop does nothing, with another loop raises
+    EventLoopTaken (libvirt keeps its first implementation for the life of the process).
+    """
     import libvirt
     import libvirtaio
 
-    impl = libvirtaio.virEventAsyncIOImpl(loop=loop)
-    if _forwarder is None:
-        _forwarder = _Forwarder()
-        _forwarder.impl = impl
-        libvirt.virEventRegisterImpl(
-            _forwarder.add_handle, _forwarder.update_handle, _forwarder.remove_handle,
-            _forwarder.add_timeout, _forwarder.update_timeout, _forwarder.remove_timeout,
+    current = libvirtaio.getCurrentImpl()
+    if current is not None:
+        if current.loop is loop:
+            return
+        state = "closed" if current.loop.is_closed() else "still open"
+        raise EventLoopTaken(
+            f"libvirt's events already go to another asyncio loop of this process ({state}): libvirt "
+            "accepts one event implementation per process, so run each loop that watches libvirt in a "
+            "process of its own, or keep using the first loop"
         )
-        # libvirt prints every error to stderr by default; the daemon reports its own way.
-        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    else:
-        _forwarder.impl = impl
+    try:
+        libvirtaio.virEventRegisterAsyncIOImpl(loop=loop)
+    except RuntimeError as exc:  # libvirt-python: "Event loop is already registered", by other code
+        # (one registered in C, virEventRegisterDefaultImpl, libvirt ignores with a logged warning:
+        # nothing public tells it from here, so a process must not mix the two)
+        raise EventLoopTaken(
+            f"libvirt already has an event implementation in this process that is not ours ({exc}): "
+            "rarp-announce needs libvirt's events on its asyncio loop; run it in a process of its own"
+        ) from None
+    # libvirt prints every error to stderr by default; the daemon reports its own way.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 
 LifecycleCallback = Callable[[Any, Any, int, int, Any], None]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from rarp_announce.announce.frames import garp_frame, na_frame
+from rarp_announce.frames import garp_frame, na_frame
 from rarp_announce.lab.netns import send_raw, wait_until
 from rarp_announce.lab.router import Router
 from rarp_announce.mac import parse_mac

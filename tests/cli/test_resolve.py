@@ -17,7 +17,7 @@ import pytest
 
 from rarp_announce.lab.netns import Topology
 from tests.conftest import require
-from tests.announce.test_frames import scapy_frame
+from tests.test_frames import scapy_frame
 from tests.resolve.test_interfaces import EXPECTED_SKIPPED, EXPECTED_TARGETS
 
 CLI = [sys.executable, "-m", "rarp_announce"]
@@ -272,10 +272,12 @@ def test_domain_pcap_announces_every_target_on_the_config_schedule(node: str, co
     for round_index in range(3):
         batch = frames[round_index * len(targets) : (round_index + 1) * len(targets)]
         assert [frame for _, frame in batch] == expected  # byte for byte against scapy
-    starts = [frames[i * len(targets)][0] for i in range(3)]
-    assert starts[1] - starts[0] == pytest.approx(0.020, abs=0.015)
-    assert starts[2] - starts[1] == pytest.approx(0.020, abs=0.015)
+    # The rounds never interleave: each round's timer is set when the previous round ran.
+    stamps = [stamp for stamp, _ in frames]
+    assert stamps == sorted(stamps)
     *fdb, summary = result.stdout.strip().splitlines()
+    # The config's [schedule] (3 rounds 20 ms apart, not QEMU's 5 over 0.8 s), read from the
+    # schedule the command ran, not from a clock; how close the stamps come to it is in `make bench`.
     assert summary == f"announced 6 MAC(s) to {pcap}: 27 frame(s) over 0.040 s"
     # The Linux-bridge vNICs' FDB step is reported, never made, with --pcap.
     assert_fdb_reported(fdb, [t for t in targets if t.bridge_port is not None], "pcap")
@@ -478,7 +480,7 @@ def test_domain_on_an_ovs_port_injects_through_the_guests_port(node: str, tmp_pa
                 garps = arp.frames(ethertype=0x0806, count=2, timeout=5)
             fdb = ovs.fdb("ovsbr0")
             # the GARP took the RARP's road: injected untagged as the guest, out of the trunk tagged 100
-            from rarp_announce.announce.frames import garp_frame
+            from rarp_announce.frames import garp_frame
 
             assert [c.frame for c in garps] == [garp_frame(octets(mac), bytes([192, 168, 0, 1]), 100)] * 2
             assert result.returncode == 0, result.stderr
@@ -547,5 +549,65 @@ def test_a_vhost_user_vnic_is_found_by_its_socket_and_announced_through_that_por
             assert [(port, vlan) for port, vlan, learned in ovs.fdb("ovsbr0") if learned == mac] == [("vm0", 100)]
             assert topology.fdb_port(mac) == "port_a"
             assert _reaches_the_guest(topology, mac, 100)
+        finally:
+            ovs.stop()
+
+
+# --- Open vSwitch is asked only when a vNIC is on it ------------------------------------------
+
+
+def test_domain_without_an_ovs_vnic_never_contacts_ovsdb(node: str, config: str, tmp_path: Path) -> None:
+    """A host without Open vSwitch, whose config still names a database: `domain` and `targets`
+    for a guest with no OVS vNIC say nothing of OVSDB; for a guest with one, they say it is
+    unreachable (the socket was asked, so the other case proves it was not)."""
+    socket_path = tmp_path / "no-ovs" / "db.sock"
+    text = Path(config).read_text().replace('db = ""', f'db = "unix:{socket_path}"')
+    assert f'db = "unix:{socket_path}"' in text
+    path = tmp_path / "with-db.toml"
+    path.write_text(text)
+    linux_only = run(["domain", "direct", "--connect", node, "--config", str(path), "--dry-run", "--rounds", "1"])
+    assert linux_only.returncode == 0, linux_only.stderr
+    assert "Open vSwitch" not in linux_only.stderr and "OVSDB" not in linux_only.stderr, linux_only.stderr
+    shown = run(["targets", "--domain", "direct", "--connect", node, "--config", str(path)])
+    assert shown.returncode == 0, shown.stderr
+    assert "Open vSwitch" not in shown.stdout + shown.stderr
+
+    on_ovs = run(["domain", "ovsvm", "--connect", node, "--config", str(path), "--dry-run", "--rounds", "1"])
+    assert f"unix:{socket_path}" in on_ovs.stderr or "Open vSwitch database not read" in on_ovs.stderr, on_ovs.stderr
+    shown = run(["targets", "--domain", "ovsvm", "--connect", node, "--config", str(path)])
+    assert "Open vSwitch database not read" in shown.stdout, shown.stdout
+
+
+@pytest.mark.parametrize("ovsdb", ["read", "never read"])
+def test_send_port_on_open_vswitch_injects_as_the_guest(tmp_path: Path, ovsdb: str) -> None:
+    """`send --iface BRIDGE --port PORT` on Open vSwitch: the port's OpenFlow number comes from
+    OVSDB, or (OVSDB never read) is asked of the bridge on the connection the frames then take;
+    OVS learns the MAC on the guest's port and traffic for the guest reaches it. Writing into
+    the bridge's own port is refused (a userspace-datapath bridge's port is a tap: OVSDB says)."""
+    require(shutil.which("ovs-vswitchd") is not None, "needs openvswitch-switch")
+    mac = "52:54:00:0a:00:07"
+    with Topology(hosts=("a", "b")) as topology:
+        ovs, config = _ovs_host(topology, tmp_path)
+        try:
+            if ovsdb == "never read":
+                text = re.sub(r'db = "[^"]*"', 'db = ""', Path(config).read_text())
+                Path(config).write_text(text)
+            topology.learn("b", mac)
+            assert topology.fdb_port(mac) == "port_b"
+            result = topology.exec("a", [*CLI, "send", mac, "--iface", "ovsbr0", "--port", "vm0", "--config", config, "--json"])
+            assert result.returncode == 0, result.stderr
+            records = [json.loads(line) for line in result.stdout.splitlines()]
+            assert [(r["port"], r["ofport"], r["round"]) for r in records] == [("vm0", 2, 1), ("vm0", 2, 2)]
+            assert [(port, vlan) for port, vlan, learned in ovs.fdb("ovsbr0") if learned == mac] == [("vm0", 100)]
+            assert topology.fdb_port(mac) == "port_a"
+            assert _reaches_the_guest(topology, mac, 100)
+
+            into_bridge = topology.exec("a", [*CLI, "send", mac, "--iface", "ovsbr0", "--config", config])
+            if ovsdb == "read":
+                assert into_bridge.returncode == 2
+                assert "--iface ovsbr0 is an Open vSwitch bridge" in into_bridge.stderr, into_bridge.stderr
+            else:
+                # Without OVSDB nothing tells a userspace bridge's tap from any other device.
+                assert "Open vSwitch bridge" not in into_bridge.stderr
         finally:
             ovs.stop()

@@ -65,7 +65,7 @@ class DaemonProcess:
                                          stderr=err, preexec_fn=limits, cwd=ROOT)
         self.pid = self.proc.pid
 
-    def wait_ready(self, timeout: float = 20.0) -> None:
+    def wait_ready(self, timeout: float = 120.0) -> None:  # generous: start-up on a loaded machine
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
@@ -79,7 +79,7 @@ class DaemonProcess:
             if message.startswith("READY=1"):
                 return
 
-    def request(self, message: dict[str, Any], timeout: float = 5.0) -> dict[str, Any]:
+    def request(self, message: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
         from rarp_announce.control import request
 
         return request(self.control_socket, message, timeout=timeout)
@@ -101,15 +101,15 @@ class DaemonProcess:
     def fd_count(self) -> int:
         return fd_count(self.pid)
 
-    def terminate(self, timeout: float = 5.0) -> float:
-        """SIGTERM; the seconds until the process was gone (AssertionError past `timeout`)."""
-        started = time.monotonic()
+    def terminate(self, timeout: float = 60.0) -> int:
+        """SIGTERM; the exit code. Bounded generously (AssertionError past `timeout`) so that a
+        daemon that does not stop fails the test instead of hanging it; how fast it stops is a
+        figure in benchmarks/bench_daemon.py, not an assertion."""
         self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(timeout)
+            return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             raise AssertionError(f"daemon still running {timeout} s after SIGTERM") from None
-        return time.monotonic() - started
 
     def wait_exit(self, timeout: float = 20.0) -> int:
         return self.proc.wait(timeout)

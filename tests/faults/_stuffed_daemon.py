@@ -3,8 +3,9 @@ run exactly as `rarp-announce daemon` does, with the table filled between start(
 
 MODE says what they do when READY=1 is sent:
 - settled: every one announced on br0 and done (a busy host's table, quiet);
-- in-flight: every one on br0 with its schedule under way (10 bursts a second apart);
-- retrying: half in flight, half on a bridge that never comes (a retry each 0.5 s).
+- in-flight: every one on br0 with its schedule under way, and still under way whatever the
+  machine's speed: its second burst is an hour away (the first one, 5 rounds, leaves at once);
+- retrying: half in flight as above, half on a bridge that never comes (a retry each 0.5 s).
 
 Usage: python -m tests.faults._stuffed_daemon SOCKET STATE_DIR N MODE
 """
@@ -15,7 +16,7 @@ import asyncio
 import sys
 import time
 
-from rarp_announce.announce.schedule import Schedule
+from rarp_announce.schedule import Schedule
 from rarp_announce.config import Config, DaemonConfig, OvsConfig
 from rarp_announce.triggers.daemon.logs import setup_logging
 from rarp_announce.triggers.daemon.service import Daemon
@@ -65,7 +66,9 @@ def main() -> None:
     quick = mode == "settled"
     config = Config(
         schedule=Schedule(**FAST) if quick else
-        Schedule(initial_ms=50, max_ms=550, rounds=5, step_ms=100, repeat=10, repeat_interval_s=1.0),
+        # A schedule that outlasts any test: on a loaded machine, stuffing the table and reaching
+        # READY took longer than the 10 s schedule this used to be, so schedules had ended.
+        Schedule(initial_ms=50, max_ms=550, rounds=5, step_ms=100, repeat=2, repeat_interval_s=3600.0),
         daemon=DaemonConfig(retry_timeout=300.0, retry_interval=0.5),
         ovs=OvsConfig(db=""),
     )

@@ -55,7 +55,7 @@ def test_requests_nested_100k_deep_get_one_line_and_the_daemon_answers_on(lab, d
     # follows must not put a traceback in the log either.
     assert set(answers["xml-nested"]) <= {"ok", "error"}
     status = daemon.status()
-    assert daemon.terminate() < 2.0
+    assert daemon.terminate() == 0
     assert daemon.proc.returncode == 0
     err = daemon.stderr()
     assert "Traceback" not in err and "RecursionError" not in err, err[-3000:]
@@ -88,5 +88,5 @@ def test_idle_clients_cannot_keep_the_hook_out(lab, daemon_proc) -> None:
     assert answers == [{"ok": True}] * 5
     assert status["ok"] is True
     assert during <= before + MAX_CLIENTS + 5
-    assert daemon.terminate() < 2.0
+    assert daemon.terminate() == 0
     assert "Traceback" not in daemon.stderr()

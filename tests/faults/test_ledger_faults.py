@@ -156,7 +156,7 @@ def test_a_full_state_fs_with_stale_lines_starts_and_keeps_the_ledger_whole(lab,
     assert status["ledger_problems"].get("compact") == 1, status["ledger_problems"]
     assert sorted(_current_ids(state / LEDGER_NAME)) == sorted(current), "a failed compaction must not lose arrivals"
     assert not (state / "announced.tmp").exists()
-    assert daemon.terminate() < 2.0
+    assert daemon.terminate() == 0
     assert "Traceback" not in daemon.stderr()
     assert sum("cannot compact the ledger" in line for line in daemon.lines()) == 1
 
@@ -175,7 +175,7 @@ def test_the_daemon_starts_despite_garbage_in_the_state_dir(lab, daemon_proc, ga
     else:
         os.mkfifo(state / LEDGER_NAME)
     daemon = daemon_proc(state_dir=str(state))
-    daemon.wait_ready(timeout=20)  # a FIFO read or opened blocking would never get here
+    daemon.wait_ready()  # a FIFO read or opened blocking would never get here (bounded: fails, never hangs)
     status = daemon.status()
     assert daemon.request({"op": "ping"}) == {"ok": True}
     if garbage == "xff-byte":
@@ -188,7 +188,7 @@ def test_the_daemon_starts_despite_garbage_in_the_state_dir(lab, daemon_proc, ga
     else:
         assert status["ledger_entries"] == 0 and status["ledger_problems"] == {"load": 1}
         assert stat_is_fifo(state / LEDGER_NAME), "left as it is (the operator removes it)"
-    assert daemon.terminate() < 2.0
+    assert daemon.terminate() == 0
     assert daemon.proc.returncode == 0
     assert "Traceback" not in daemon.stderr()
 
@@ -206,7 +206,7 @@ def test_a_second_daemon_on_the_same_state_dir_exits_with_one_line(lab, daemon_p
     assert "Traceback" not in second.stderr()
     assert first.request({"op": "ping"}) == {"ok": True}, "the first one is untouched"
     assert os.path.exists(first.control_socket)
-    assert first.terminate() < 2.0
+    assert first.terminate() == 0
 
 
 def test_a_record_cut_short_by_a_full_disk_leaves_no_torn_line(tiny_fs) -> None:
@@ -238,7 +238,7 @@ def test_a_state_dir_that_cannot_be_made_starts_the_daemon_with_one_warning(lab,
     daemon.wait_ready()
     status = daemon.status()
     assert status["ledger_problems"] == {"lock": 1, "load": 1}
-    assert daemon.terminate() < 2.0
+    assert daemon.terminate() == 0
     assert daemon.proc.returncode == 0
     warnings = [line for line in daemon.lines() if " warning " in line and "/proc/nope/dir" in line]
     assert len(warnings) == 2 and "second daemon on this state dir would not be noticed" in warnings[0], warnings

@@ -73,10 +73,10 @@ def test_a_handed_off_name_cannot_forge_a_line_of_the_daemon_log(lab, daemon_pro
     name = f"evil\tname\r\n{FORGED}\n\u2028{FORGED}"
     xml = domain_xml("evil&#9;name", [("52:54:00:f0:00:01", "br0", None, None)], uuid=uuid)
     assert daemon.request({"op": "handoff", "domain": name, "uuid": uuid, "xml": xml}) == {"ok": True}
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30  # bounded generously: the expiry is 0.2 s
     while "hand-off expired" not in daemon.stderr() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert daemon.terminate() < 2.0
+    assert daemon.terminate() == 0
     raw = daemon.err_path.read_bytes()
     assert b"\r" not in raw and "\u2028".encode() not in raw
     lines = raw.decode().splitlines()

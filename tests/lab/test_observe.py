@@ -6,7 +6,7 @@ import time
 
 
 def test_check_frame_accepts_qemus_exact_frame_and_names_what_differs():
-    from rarp_announce.announce.frames import rarp_frame
+    from rarp_announce.frames import rarp_frame
     from rarp_announce.lab.observe import check_frame
     from rarp_announce.mac import parse_mac
 
@@ -22,7 +22,7 @@ def test_check_frame_accepts_qemus_exact_frame_and_names_what_differs():
 
 
 def test_sniffer_sees_tagged_and_untagged_rarp_with_device_and_vlan(topology):
-    from rarp_announce.announce.frames import rarp_frame
+    from rarp_announce.frames import rarp_frame
     from rarp_announce.lab.netns import inside, learning_frame
     from rarp_announce.lab.observe import Sniffer
     import socket

@@ -40,7 +40,7 @@ def ovs_ns(root_netns, tmp_path):
 
 
 def test_learns_each_mac_in_its_vlan_on_its_port(ovs_ns):
-    from rarp_announce.announce.frames import rarp_frame
+    from rarp_announce.frames import rarp_frame
     from rarp_announce.mac import parse_mac
 
     ns, ovs = ovs_ns

@@ -58,7 +58,7 @@ def test_teach_and_where(lab_net):
 
 
 def test_rarp_from_a_vm_port_on_br0_is_dropped_other_frames_pass(lab_net):
-    from rarp_announce.announce.frames import rarp_frame
+    from rarp_announce.frames import rarp_frame
     from rarp_announce.mac import parse_mac
 
     guest = _vm_port(lab_net, "b", "vnet7")
@@ -80,7 +80,7 @@ def test_a_dead_ovs_port_loses_qemus_rarp_and_a_packet_out_as_the_guest_reaches_
     OVS learns the MAC on the guest's port, and the client's traffic reaches the guest."""
     import asyncio
 
-    from rarp_announce.announce.frames import rarp_frame
+    from rarp_announce.frames import rarp_frame
     from rarp_announce.lab.agent import DEAD_VLAN, WiringAgent
     from rarp_announce.lab.netns import inside
     from rarp_announce.lab.topology import CLIENT_DEVICE

@@ -7,7 +7,6 @@ import asyncio
 import ipaddress
 import json
 import threading
-import time
 import uuid
 
 import pytest
@@ -224,10 +223,10 @@ def test_reasons_are_bounded_but_a_cut_is_always_said():
 def test_the_work_is_bounded_too():
     # Invalid entries cost a parse each and count towards no result: without a bound on the
     # elements looked at, a 4 MiB document of them would hold the resolver for most of a second.
+    # The bound is proven by the count of elements looked at (the last reason); what it costs in
+    # time is a figure in benchmarks/bench_resolve.py.
     body = '<ra:interface mac="52:54:00:12:34:56">' + '<ra:ip address="not-an-ip"/>' * (MAX_ENTRIES + 100) + "</ra:interface>"
-    started = time.monotonic()
     found, reasons = metadata_addresses(parse_domain(domain_with(ours(body))))
-    assert time.monotonic() - started < 0.5
     assert found == {}
     assert reasons[-2:] == [f"metadata: {MAX_ENTRIES - 1 - MAX_REASONS} more entries skipped",
                             f"metadata: more than {MAX_ENTRIES} elements: the rest is ignored"]
@@ -471,15 +470,21 @@ class Hung:
 
     def __init__(self):
         self.release = threading.Event()
+        self.entered = threading.Event()  # the agent's call is under way (and blocked)
 
     def interfaceAddresses(self, source, flags=0):  # noqa: N802 - libvirt's name
         if source == module.LIBVIRT_SOURCES["agent"]:
+            self.entered.set()
             self.release.wait(30)
             return {"eth0": {"hwaddr": "52:54:00:12:34:56", "addrs": [{"addr": "192.0.2.66"}]}}
         return {"eth0": {"hwaddr": "52:54:00:12:34:56", "addrs": [{"addr": "192.0.2.10"}]}}
 
 
 def test_a_hung_source_is_given_up_within_the_timeout():
+    # No clock here: the agent's call stays blocked until after asyncio.run returned (it would
+    # answer 192.0.2.66 if it were waited for), so a result without it, and the reason, prove it
+    # was given up; ticks counted while the call is blocked prove the loop kept running. How long
+    # giving up takes is a figure in benchmarks/bench_resolve.py.
     dom = Hung()
     ticks = 0
 
@@ -487,7 +492,8 @@ def test_a_hung_source_is_given_up_within_the_timeout():
         nonlocal ticks
         while True:
             await asyncio.sleep(0.01)
-            ticks += 1
+            if dom.entered.is_set():
+                ticks += 1
 
     async def main():
         task = asyncio.create_task(ticker())
@@ -497,13 +503,11 @@ def test_a_hung_source_is_given_up_within_the_timeout():
             task.cancel()
 
     try:
-        started = time.monotonic()
         found, reasons = asyncio.run(main())  # asyncio.run returns too: nothing joins the stuck thread
-        elapsed = time.monotonic() - started
     finally:
         dom.release.set()
-    assert 0.3 <= elapsed < 1.5
-    assert ticks >= 10  # the loop kept running while the agent hung
+    assert dom.entered.is_set()
+    assert ticks >= 1  # the loop kept running while the agent hung
     assert found == {"52:54:00:12:34:56": [A("192.0.2.10", "lease")]}
     assert reasons == ["agent: no answer within 0.3 s: given up (the call may still be blocked in libvirt)"]
 
@@ -574,13 +578,12 @@ def test_guest_announce_gives_up_a_hung_monitor(monkeypatch, libvirt_module):
     release = threading.Event()
     monkeypatch.setattr(libvirt_qemu, "qemuMonitorCommand", lambda dom, cmd, flags: release.wait(30) and "{}")
     try:
-        started = time.monotonic()
+        # The monitor call stays blocked until after the answer (waited for, it would return
+        # nothing usable after 30 s): this reason proves it was given up; how fast is in bench_resolve.
         reason = asyncio.run(guest_announce(object(), rounds=5, initial_ms=50, max_ms=550, step_ms=100, timeout=0.2))
-        elapsed = time.monotonic() - started
     finally:
         release.set()
     assert reason == "announce-self: no answer within 0.2 s: given up (the call may still be blocked in libvirt)"
-    assert elapsed < 1.0
 
 
 # --- nwfilter parameters (operator-vouched) ----------------------------------------------------

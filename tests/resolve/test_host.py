@@ -190,3 +190,23 @@ def test_libvirt_prints_nothing_itself():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.stdout.strip() == "caught"
     assert done.stderr == ""
+
+
+def _one_vnic(body: str) -> str:
+    return (f"<domain type='kvm'><name>probe</name><uuid>11111111-2222-3333-4444-00000000f001</uuid>"
+            f"<devices><interface {body}<mac address='52:54:00:0f:00:01'/></interface></devices></domain>")
+
+
+@pytest.mark.parametrize("body, needed", [
+    ("type='bridge'><source bridge='lo'/><target dev='vnet0'/>", False),  # a device that is no OVS bridge
+    ("type='bridge'><source bridge='nosuchbr0'/>", False),  # missing: the readiness check says so, not OVSDB
+    ("type='direct'><source dev='lo' mode='bridge'/>", False),
+    ("type='bridge'><source bridge='br-int'/><virtualport type='openvswitch'/>", True),
+    ("type='vhostuser'><source type='unix' path='/run/vhu/sock0' mode='server'/>", True),
+    ("type='user'>", False),
+])
+def test_ovsdb_is_needed_only_for_a_vnic_on_open_vswitch(body: str, needed: bool) -> None:
+    """What `domain` and `targets` ask before contacting OVSDB: a host without Open vSwitch is
+    never asked for a guest without an OVS vNIC (tests/cli/test_resolve.py runs the commands)."""
+    resolver = HostResolver(lambda: CONFIG)
+    assert asyncio.run(resolver.needs_ovs(_one_vnic(body))) is needed

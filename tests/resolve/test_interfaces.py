@@ -414,3 +414,28 @@ def test_only_vouched_addresses_become_svi_neighbours_never_a_guest_claimed_one(
     assert target.bridge_port == BridgePort("br0", "vnet0")
     assert target.neighbours == ("192.0.2.50",)
     assert "192.0.2.99" not in [a.ip for a in target.addresses]  # guest sources join only after vetting
+
+
+def test_an_ovs_port_libvirt_plugs_parked_is_announced_in_the_vlan_ovsdb_wires_it_in():
+    """<vlan><tag id='4095'/></vlan> on an OVS vNIC: libvirt creates the port in the dead VLAN
+    (isolated, as os-vif does) and an agent wires it in OVSDB. Parked: nothing is announced yet;
+    wired: announced in OVSDB's VLAN, the XML's 4095 neither refused nor compared."""
+    from rarp_announce.resolve.ovsdb import OvsSnapshot
+    from rarp_announce.resolve.ovsport import PortInfo
+
+    mac = "52:54:00:09:00:01"
+    xml = (f"<domain type='kvm'><name>parked</name><devices><interface type='bridge'><mac address='{mac}'/>"
+           "<source bridge='ovsbr0'/><virtualport type='openvswitch'/><vlan><tag id='4095'/></vlan>"
+           "<target dev='vnet1'/></interface></devices></domain>")
+    ids = {"attached-mac": mac}
+    parked = OvsSnapshot(["ovsbr0"], [PortInfo("ovsbr0", "vnet1", "vnet1", 7, 4095, external_ids=ids)])
+    resolution = resolve_xml(xml, CONFIG, ovs=parked)
+    assert [(t.vlan, t.ovs) for t in resolution.targets] == [(None, OvsPort("ovsbr0", "vnet1", 7))]
+    assert "dead VLAN 4095" in resolution.problems[resolution.targets[0].route]
+    wired = OvsSnapshot(["ovsbr0"], [PortInfo("ovsbr0", "vnet1", "vnet1", 7, 100, external_ids=ids)])
+    resolution = resolve_xml(xml, CONFIG, ovs=wired)
+    assert [(t.vlan, t.tagged, t.ovs) for t in resolution.targets] == [(100, False, OvsPort("ovsbr0", "vnet1", 7))]
+    assert resolution.skipped == [] and resolution.problems == {} and resolution.notes == []
+    without_ovsdb = resolve_xml(xml, CONFIG, ovs_down="unreachable")
+    assert without_ovsdb.targets == []
+    assert "dead VLAN 4095" in without_ovsdb.skipped[0].reason

@@ -7,7 +7,7 @@ import io
 import re
 import time
 
-from rarp_announce.announce.frames import garp_frame, rarp_frame
+from rarp_announce.frames import garp_frame, rarp_frame
 from rarp_announce.model import OvsPort, Target
 from rarp_announce.transport.dryrun import DryRunSink
 

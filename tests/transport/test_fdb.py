@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import pytest
 
 from rarp_announce.announce.engine import Announcer
-from rarp_announce.announce.schedule import Schedule
+from rarp_announce.schedule import Schedule
 from rarp_announce.errors import DeviceError
 from rarp_announce.lab.netns import inside, learning_frame, send_raw, unique, wait_until
 from rarp_announce.model import BridgePort, FrameEvent, Target
@@ -226,7 +226,7 @@ def test_the_fdb_step_comes_before_the_first_frame_once_per_burst_and_a_refusal_
 def test_the_fdb_is_written_at_the_arrival_never_at_the_prepare_phase(net: Net) -> None:
     """Before RESUMED the guest still runs on the source: preparing (STARTED/MIGRATED, a hook's
     hand-off) must leave the bridge sending its traffic to the uplink."""
-    from rarp_announce.announce.arrivals import ArrivalTable
+    from rarp_announce.announce.arrivals import ArrivalSettings, ArrivalTable
     from rarp_announce.config import Config
     from rarp_announce.resolve.host import HostResolver
 
@@ -239,7 +239,7 @@ def test_the_fdb_is_written_at_the_arrival_never_at_the_prepare_phase(net: Net) 
 
     async def run() -> None:
         sink = WireSink()
-        table = ArrivalTable(Announcer(sink), HostResolver(lambda: config), lambda: config)
+        table = ArrivalTable(Announcer(sink), HostResolver(lambda: config), ArrivalSettings.from_config(config))
         try:
             entry = await table.expect(uuid, "g", xml=xml, source="hook")
             assert entry.targets and entry.targets[0].bridge_port == BridgePort("br0", "vnet0")
@@ -340,7 +340,7 @@ def test_an_arrival_prepared_from_an_xml_without_the_tap_takes_the_fdb_step_from
     """A hook hands over libvirt's migratable XML, which names no tap (libvirt drops auto-named
     <target dev>): the first round goes out without the step, and the reconcile that reads the
     live XML right after the arrival takes it, once."""
-    from rarp_announce.announce.arrivals import ArrivalTable
+    from rarp_announce.announce.arrivals import ArrivalSettings, ArrivalTable
     from rarp_announce.config import Config
     from rarp_announce.resolve.host import HostResolver
 
@@ -360,7 +360,7 @@ def test_an_arrival_prepared_from_an_xml_without_the_tap_takes_the_fdb_step_from
         async def run() -> None:
             sink = WireSink()
             table = ArrivalTable(Announcer(sink, observers=[events.append]), HostResolver(lambda: config,
-                                 connection=lambda: conn), lambda: config)
+                                 connection=lambda: conn), ArrivalSettings.from_config(config))
             try:
                 entry = await table.expect(uuid, "hx", xml=migratable, source="handoff")
                 assert [t.bridge_port for t in entry.targets] == [None]

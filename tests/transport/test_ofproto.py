@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rarp_announce.announce.frames import rarp_frame
+from rarp_announce.frames import rarp_frame
 from rarp_announce.transport import _ofproto as ofp
 
 from tests.conftest import require

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rarp_announce.announce.frames import rarp_frame
+from rarp_announce.frames import rarp_frame
 from rarp_announce.errors import AnnounceError, InputError
 from rarp_announce.model import Target
 from rarp_announce.transport.pcap import PcapSink

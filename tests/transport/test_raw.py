@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from rarp_announce.announce.frames import rarp_frame
+from rarp_announce.frames import rarp_frame
 from rarp_announce.errors import DeviceError
 from rarp_announce.lab.netns import Capture, inside
 from rarp_announce.model import Target

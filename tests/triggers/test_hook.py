@@ -27,7 +27,6 @@ REPO_HOOK = Path(__file__).resolve().parents[2] / "hooks" / "qemu"
 UUID = "4dea22b3-1d52-d8f3-2516-782e98ab3fa0"
 # What libvirt passes to hooks (virCommandAddEnvPassCommon): little more than LC_ALL and PATH.
 LIBVIRT_ENV = {"LC_ALL": "C", "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}
-TIME_BOUND = 0.5
 # Every call libvirt makes on a destination and a source host, and the rest of hooks.rst.
 OPERATIONS = [
     ("prepare", "begin"), ("start", "begin"), ("started", "begin"), ("stopped", "end"),
@@ -66,14 +65,14 @@ class Hook:
     waiters: list[int] = field(default_factory=list)
 
     def run(self, argv: list[str], stdin: bytes | None = b"", env: dict | None = None, path: Path | None = None):
-        started = time.monotonic()
+        # Bounded so that a hook that blocks fails the test instead of hanging it; how long the
+        # hook takes is a figure in benchmarks/bench_hook.py (`make bench`), not an assertion.
         done = subprocess.run(
             [str(path or self.path), *argv], input=stdin, capture_output=True,
             env=LIBVIRT_ENV if env is None else env, cwd="/", timeout=10,
         )
-        elapsed = time.monotonic() - started
         self.waiters.extend(spawned_waiters(self.log_text()))
-        return done, elapsed
+        return done
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""
@@ -115,18 +114,17 @@ def stand_in(hook: Hook) -> Iterator[StandIn]:
         server.close()
 
 
-def assert_libvirt_safe(done: subprocess.CompletedProcess, elapsed: float) -> None:
+def assert_libvirt_safe(done: subprocess.CompletedProcess) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout == b""
-    assert elapsed < TIME_BOUND, f"the hook took {elapsed:.3f} s"
 
 
 @pytest.mark.parametrize("operation,sub", OPERATIONS)
 def test_every_other_operation_returns_at_once_doing_nothing(hook: Hook, stand_in: StandIn, operation: str, sub: str) -> None:
     xml = two_nic_xml().encode()
     for path in (REPO_HOOK, hook.path):
-        done, elapsed = hook.run(["guest1", operation, sub, "-"], xml, path=path)
-        assert_libvirt_safe(done, elapsed)
+        done = hook.run(["guest1", operation, sub, "-"], xml, path=path)
+        assert_libvirt_safe(done)
         assert done.stderr == b""
     assert stand_in.requests == []
     assert hook.log_text() == ""
@@ -134,17 +132,17 @@ def test_every_other_operation_returns_at_once_doing_nothing(hook: Hook, stand_i
 
 def test_the_hook_runs_with_no_environment_and_no_arguments(hook: Hook, stand_in: StandIn) -> None:
     for argv in ([], ["guest1"], ["guest1", "migrate"]):
-        done, elapsed = hook.run(argv, b"", env={}, path=REPO_HOOK)
-        assert_libvirt_safe(done, elapsed)
-    done, elapsed = hook.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode(), env={})
-    assert_libvirt_safe(done, elapsed)
+        done = hook.run(argv, b"", env={}, path=REPO_HOOK)
+        assert_libvirt_safe(done)
+    done = hook.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode(), env={})
+    assert_libvirt_safe(done)
     assert len(stand_in.requests) == 1
 
 
 def test_migrate_begin_hands_the_domain_and_its_xml_to_the_daemon(hook: Hook, stand_in: StandIn) -> None:
     xml = two_nic_xml()
-    done, elapsed = hook.run(["guest1", "migrate", "begin", "-"], xml.encode())
-    assert_libvirt_safe(done, elapsed)
+    done = hook.run(["guest1", "migrate", "begin", "-"], xml.encode())
+    assert_libvirt_safe(done)
     assert stand_in.requests == [{"op": "handoff", "domain": "guest1", "uuid": UUID, "xml": xml, "source": "hook"}]
     assert stand_in.raw[0].endswith(b"\n") and stand_in.raw[0].count(b"\n") == 1
     log = hook.log_text()
@@ -157,15 +155,15 @@ def test_a_hostile_domain_name_is_handed_off_verbatim_but_never_put_in_argv(shor
     made = make_hook(short_dir)
     server = StandIn(made.control_socket)
     try:
-        done, elapsed = made.run([hostile, "migrate", "begin", "-"], two_nic_xml(name="x").encode())
-        assert_libvirt_safe(done, elapsed)
+        done = made.run([hostile, "migrate", "begin", "-"], two_nic_xml(name="x").encode())
+        assert_libvirt_safe(done)
         assert server.requests[0]["domain"] == hostile
     finally:
         server.close()
     made = make_hook(short_dir, mode="standalone", waiter_timeout=0.5)
     try:
-        done, elapsed = made.run([hostile, "migrate", "begin", "-"], two_nic_xml(name="x").encode())
-        assert_libvirt_safe(done, elapsed)
+        done = made.run([hostile, "migrate", "begin", "-"], two_nic_xml(name="x").encode())
+        assert_libvirt_safe(done)
         [pid] = spawned_waiters(made.log_text())
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if alive(pid) else []
         assert b"--name" not in argv
@@ -178,8 +176,8 @@ def test_a_hostile_domain_name_is_handed_off_verbatim_but_never_put_in_argv(shor
 
 
 def test_with_no_daemon_a_detached_waiter_starts_and_ends_at_its_timeout(hook: Hook) -> None:
-    done, elapsed = hook.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
-    assert_libvirt_safe(done, elapsed)
+    done = hook.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
+    assert_libvirt_safe(done)
     # capture_output: run() returned only at EOF on stdout and stderr, so the waiter (alive
     # below) holds neither of the pipes libvirt reads until EOF.
     assert "no daemon control socket at" in hook.log_text()
@@ -207,10 +205,9 @@ def test_a_daemon_that_accepts_but_never_answers_costs_the_timeout_only(short_di
     made = make_hook(short_dir, mode=mode, waiter_timeout=0.5)
     server = StandIn(made.control_socket, behaviour="hang")
     try:
-        done, elapsed = made.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
-        assert_libvirt_safe(done, elapsed)
-        assert elapsed >= 0.05  # it did wait for the answer, no longer than the bound
-        assert "did not answer within 0.05 s" in made.log_text()
+        done = made.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
+        assert_libvirt_safe(done)
+        assert "did not answer within 0.05 s" in made.log_text()  # it did wait for the answer, then gave up
         assert bool(made.waiters) is waiter
     finally:
         server.close()
@@ -223,8 +220,8 @@ def test_a_daemon_that_answers_too_late_keeps_the_arrival_and_the_waiter_leaves_
     made = make_hook(short_dir, mode="auto", waiter_timeout=5)
     server = StandIn(made.control_socket, behaviour="slow")
     try:
-        done, elapsed = made.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
-        assert_libvirt_safe(done, elapsed)
+        done = made.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
+        assert_libvirt_safe(done)
         assert "(it may still take the domain)" in made.log_text()
         [pid] = made.waiters
         deadline = time.monotonic() + 10
@@ -245,10 +242,10 @@ def test_a_daemon_that_answers_too_late_keeps_the_arrival_and_the_waiter_leaves_
 def test_a_daemon_that_refuses_or_babbles_gets_a_waiter_instead(hook: Hook, behaviour: str, logged: str) -> None:
     server = StandIn(hook.control_socket, behaviour=behaviour)
     try:
-        done, elapsed = hook.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
+        done = hook.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
     finally:
         server.close()
-    assert_libvirt_safe(done, elapsed)
+    assert_libvirt_safe(done)
     assert logged in hook.log_text()
     assert len(hook.waiters) == 1
 
@@ -257,8 +254,8 @@ def test_standalone_mode_never_asks_the_daemon(short_dir: Path) -> None:
     made = make_hook(short_dir, mode="standalone", waiter_timeout=0.5)
     server = StandIn(made.control_socket)
     try:
-        done, elapsed = made.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
-        assert_libvirt_safe(done, elapsed)
+        done = made.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
+        assert_libvirt_safe(done)
         assert server.requests == []
         assert len(set(made.waiters)) == 1
     finally:
@@ -280,8 +277,8 @@ def test_standalone_mode_never_asks_the_daemon(short_dir: Path) -> None:
     ids=["empty", "garbage", "bad-uuid", "huge", "not-utf8"],
 )
 def test_bad_stdin_is_logged_once_and_never_breaks_the_migration(hook: Hook, stand_in: StandIn, stdin: bytes, logged: str) -> None:
-    done, elapsed = hook.run(["guest1", "migrate", "begin", "-"], stdin)
-    assert_libvirt_safe(done, elapsed)
+    done = hook.run(["guest1", "migrate", "begin", "-"], stdin)
+    assert_libvirt_safe(done)
     log = hook.log_text()
     assert log.count(logged) == 1, log
     assert stand_in.requests == []
@@ -292,29 +289,27 @@ def test_bad_stdin_is_logged_once_and_never_breaks_the_migration(hook: Hook, sta
 
 
 def test_a_stdin_that_never_ends_is_abandoned_in_time(hook: Hook, stand_in: StandIn) -> None:
-    started = time.monotonic()
     proc = subprocess.Popen([str(hook.path), "guest1", "migrate", "begin", "-"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=LIBVIRT_ENV)
     try:
         proc.stdin.write(b"<domain><uuid>" + UUID.encode())
         proc.stdin.flush()
         proc.wait(timeout=5)  # stdin stays open: the hook must give up on it by itself
-        elapsed = time.monotonic() - started
         out = proc.stdout.read()
     finally:
         proc.stdin.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert_libvirt_safe(subprocess.CompletedProcess([], proc.returncode, out, b""), elapsed)
+    assert_libvirt_safe(subprocess.CompletedProcess([], proc.returncode, out, b""))
     assert "did not end within" in hook.log_text()
     assert stand_in.requests == []
 
 
 def test_unwritable_log_and_missing_python_still_exit_zero_silently(short_dir: Path) -> None:
     made = make_hook(short_dir, mode="standalone", python="/nonexistent/python", log_file="/proc/no/such/log")
-    done, elapsed = made.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
-    assert_libvirt_safe(done, elapsed)
+    done = made.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
+    assert_libvirt_safe(done)
     assert done.stderr == b""  # syslog took the line; nothing leaks to libvirt
 
 
@@ -358,8 +353,8 @@ def test_the_real_daemon_takes_the_hand_off(short_dir: Path) -> None:
                 assert daemon.poll() is None, daemon.stderr.read().decode()
                 assert time.monotonic() < deadline, "the daemon never answered its control socket"
                 time.sleep(0.1)
-        done, elapsed = made.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
-        assert_libvirt_safe(done, elapsed)
+        done = made.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
+        assert_libvirt_safe(done)
         status = request(made.control_socket, {"op": "status"})["status"]
         assert "guest1" in status["incoming"]
         assert status["counters"]["handoffs"] == 1
@@ -374,9 +369,8 @@ def test_the_real_daemon_takes_the_hand_off(short_dir: Path) -> None:
 
 
 def test_a_closed_stdin_is_logged_and_harmless(hook: Hook, stand_in: StandIn) -> None:
-    started = time.monotonic()
     done = subprocess.run(["sh", "-c", f'exec "{hook.path}" guest1 migrate begin - <&-'], capture_output=True, env=LIBVIRT_ENV, timeout=10)
-    assert_libvirt_safe(done, time.monotonic() - started)
+    assert_libvirt_safe(done)
     assert "cannot read the domain XML on stdin" in hook.log_text()
     assert stand_in.requests == []
 
@@ -403,8 +397,8 @@ def test_one_waiter_per_domain_and_the_domains_end_ends_it(short_dir: Path, endi
     made = make_hook(short_dir, mode="standalone", waiter_timeout=60.0)
     lock = short_dir / "waiters" / f"{UUID}.pid"
     try:
-        done, elapsed = made.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
-        assert_libvirt_safe(done, elapsed)
+        done = made.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
+        assert_libvirt_safe(done)
         [pid] = made.waiters
         deadline = time.monotonic() + 10
         while not _lock_held(lock) and time.monotonic() < deadline:
@@ -413,13 +407,13 @@ def test_one_waiter_per_domain_and_the_domains_end_ends_it(short_dir: Path, endi
         assert not (short_dir / "waiters" / f"{UUID}.xml").exists(), "the waiter took the hook's copy of the XML"
 
         for _ in range(3):  # libvirt retries the migration: the same waiter follows it
-            done, elapsed = made.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
-            assert_libvirt_safe(done, elapsed)
+            done = made.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
+            assert_libvirt_safe(done)
         assert set(made.waiters) == {pid}
         assert made.log_text().count(f"waiter pid {pid} already follows this domain: none started") == 3
 
-        done, elapsed = made.run(["guest1", ending, "end", "-"], two_nic_xml().encode())
-        assert_libvirt_safe(done, elapsed)
+        done = made.run(["guest1", ending, "end", "-"], two_nic_xml().encode())
+        assert_libvirt_safe(done)
         deadline = time.monotonic() + 5
         while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -427,8 +421,8 @@ def test_one_waiter_per_domain_and_the_domains_end_ends_it(short_dir: Path, endi
         assert f"ended waiter pid {pid}: the domain stopped here" in made.log_text()
         assert not lock.exists(), "the waiter removes its lock file"
         # another domain's end, or the same one again, touches nothing and stays silent
-        done, elapsed = made.run(["guest1", ending, "end", "-"], two_nic_xml().encode())
-        assert_libvirt_safe(done, elapsed)
+        done = made.run(["guest1", ending, "end", "-"], two_nic_xml().encode())
+        assert_libvirt_safe(done)
     finally:
         for pid in spawned_waiters(made.log_text()):
             if alive(pid):
@@ -442,10 +436,10 @@ def test_a_stale_pid_file_is_no_waiter(short_dir: Path) -> None:
     (short_dir / "waiters").mkdir(mode=0o700)  # as the hook makes it: any other it refuses
     (short_dir / "waiters" / f"{UUID}.pid").write_text(f"{os.getpid()}\n")
     try:
-        done, elapsed = made.run(["guest1", "stopped", "end", "-"], two_nic_xml().encode())
-        assert_libvirt_safe(done, elapsed)  # and this test process is still alive
-        done, elapsed = made.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
-        assert_libvirt_safe(done, elapsed)
+        done = made.run(["guest1", "stopped", "end", "-"], two_nic_xml().encode())
+        assert_libvirt_safe(done)  # and this test process is still alive
+        done = made.run(["guest1", "migrate", "begin", "-"], two_nic_xml().encode())
+        assert_libvirt_safe(done)
         assert len(set(made.waiters)) == 1
     finally:
         for pid in spawned_waiters(made.log_text()):

@@ -1,14 +1,15 @@
-"""The daemon's wiring and life cycle: one loop holding the libvirt watch, the OVSDB replica,
+"""The daemon's wiring, start and stop: one loop holding the libvirt watch, the OVSDB replica,
 the arrival table, the control socket, the ledger, logs and metrics.
 
-What an event means is decided in lifecycle.py, what a control request does in requests.py,
-what `status` shows in status.py; every arrival is handled by the arrival table
-(announce/arrivals.py), the same one the hook's waiter and the commands use.
+What a libvirt event means is decided in libvirt_trigger.py, what a control request does in
+requests.py, what `status` shows of the arrivals in status.py; every arrival is handled by the
+arrival table (announce/arrivals.py), the same one the hook's waiter and the commands use.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import gc
 import logging
@@ -19,20 +20,20 @@ import time
 from typing import Any
 
 from rarp_announce import __version__
-from rarp_announce.announce.arrivals import ArrivalTable
+from rarp_announce.announce.arrivals import ArrivalSettings, ArrivalTable
 from rarp_announce.announce.engine import Announcer
 from rarp_announce.config import Config, load_config
 from rarp_announce.control import ControlServer
 from rarp_announce.errors import InputError
-from rarp_announce.resolve.host import HostResolver, sink_port_lookup
+from rarp_announce.resolve.host import HostResolver
 from rarp_announce.transport.base import Sink
-from rarp_announce.transport.wire import WireSink
+from rarp_announce.transport.factory import open_sink
 from rarp_announce.triggers.daemon.ledger import QEMU_PID_DIR, Ledger
-from rarp_announce.triggers.daemon.lifecycle import LibvirtTrigger
+from rarp_announce.triggers.daemon.libvirt_trigger import LibvirtTrigger
 from rarp_announce.triggers.daemon.logs import LOGGER, LogObserver, log_event, log_fdb_step
 from rarp_announce.triggers.daemon.metrics import Metrics
 from rarp_announce.triggers.daemon.requests import Requests
-from rarp_announce.triggers.daemon.status import StatusObserver, daemon_status
+from rarp_announce.triggers.daemon.status import StatusObserver, arrivals_status
 from rarp_announce.virt.events import Watcher, register_event_loop
 
 
@@ -61,23 +62,30 @@ class Daemon:
         self.pid_dir = pid_dir
         self.log = logging.getLogger(LOGGER)
         self.metrics = Metrics()
-        self.sink = sink if sink is not None else WireSink(lambda bridge: self.config.ovs.endpoint(bridge))
+        self.sink = sink if sink is not None else open_sink(openflow_endpoint=lambda bridge: self.config.ovs.endpoint(bridge))
         self.announcer = Announcer(self.sink, observers=[self.metrics.observe_frame,
                                                          functools.partial(log_fdb_step, self.log)])
         self.metrics.in_flight.set_function(lambda: len(self.announcer.in_flight))  # counted at scrape time
         self.status_log = StatusObserver()
         self.ovs: Any = None  # resolve.ovsdb.OvsdbView once started, when OVSDB is to be read
         self.resolver = HostResolver(lambda: self.config, connection=self._connection,
-                                     openflow_port=sink_port_lookup(self.sink))
+                                     openflow_port=self.sink.port_number)
         self.table = ArrivalTable(
-            self.announcer, self.resolver, lambda: self.config,
+            self.announcer, self.resolver, ArrivalSettings.from_config(config),
             observers=[LogObserver(self.log), self.metrics.observer(), self.status_log],
         )
         # Read by the metrics thread while the loop changes the table: list() copies it in one step.
         self.metrics.pending.set_function(lambda: sum(len(e.pending()) for e in list(self.table.entries.values())))
         self.ledger = Ledger(self.state_dir, load=False)  # read at start(), not at construction
-        self.lifecycle = LibvirtTrigger(self)
-        self.requests = Requests(self)
+        # Each part gets what it uses; getters for what changes: the ledger is opened again at
+        # start(), the config replaced at a reload.
+        self.libvirt_trigger = LibvirtTrigger(
+            self.table, ledger=lambda: self.ledger, counters=self.counters,
+            device_added_window=lambda: self.config.daemon.device_added_window,
+            failed=self.metrics.failure, log=self.log, pid_dir=self.pid_dir,
+        )
+        self.requests = Requests(self.table, self.counters, status=self.status,
+                                 handoff_expiry=lambda: self.config.daemon.handoff_expiry)
         self.started = time.time()
         self._open_connection = open_connection
         self._stopped: asyncio.Event | None = None
@@ -89,11 +97,11 @@ class Daemon:
     # libvirt's callbacks, registered by the watcher on every connection
     @property
     def on_lifecycle(self) -> Any:
-        return self.lifecycle.on_lifecycle
+        return self.libvirt_trigger.on_lifecycle
 
     @property
     def on_device_added(self) -> Any:
-        return self.lifecycle.on_device_added
+        return self.libvirt_trigger.on_device_added
 
     @property
     def counters(self) -> Any:
@@ -102,7 +110,7 @@ class Daemon:
     def _connection(self) -> Any:
         return self.watcher.conn if self.watcher is not None else None
 
-    # ---- life cycle -------------------------------------------------------------------------
+    # ---- start and stop ---------------------------------------------------------------------
 
     async def start(self) -> None:
         """Listen, connect (or start waiting for libvirtd); returns after the first connection attempt."""
@@ -122,9 +130,9 @@ class Daemon:
         daemon_config = self.config.daemon
         self.watcher = Watcher(
             self.uri,
-            lifecycle=self.lifecycle.on_lifecycle,
-            device_added=self.lifecycle.on_device_added,
-            on_connected=self.lifecycle.on_connected,
+            lifecycle=self.libvirt_trigger.on_lifecycle,
+            device_added=self.libvirt_trigger.on_device_added,
+            on_connected=self.libvirt_trigger.on_connected,
             on_state=self._connection_state,
             keepalive_interval=daemon_config.keepalive_interval,
             keepalive_count=daemon_config.keepalive_count,
@@ -182,7 +190,7 @@ class Daemon:
             self._reloading.cancel()
         self.announcer.cancel_all()
         self.table.close()
-        self.lifecycle.close()
+        self.libvirt_trigger.close()
         if self.watcher is not None:
             await self.watcher.stop()
         if self.control is not None:
@@ -224,6 +232,7 @@ class Daemon:
     def _apply(self, config: Config) -> None:
         old = self.config
         self.config = config
+        self.table.settings = ArrivalSettings.from_config(config)
         self.counters["reloads"] += 1
         needs_restart = [
             name for name in ("control_socket", "state_dir", "metrics")
@@ -239,7 +248,32 @@ class Daemon:
                   restart_needed_for=",".join(needs_restart) or None)
 
     def status(self) -> dict[str, Any]:
-        return daemon_status(self)
+        """What `rarp-announce status` shows (the arrivals' part from status.arrivals_status)."""
+        watcher, ovs = self.watcher, self.ovs
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "started": round(self.started, 3),
+            "uri": self.uri,
+            "config": self.config_path,
+            "connection": {
+                "state": watcher.state if watcher else "stopped",
+                "since": round(watcher.since, 3) if watcher else None,
+                "reconnects": watcher.reconnects if watcher else 0,
+                "last_error": watcher.last_error if watcher else None,
+            },
+            "ovsdb": {
+                "remote": self.config.ovs.remote(),
+                "state": "off" if ovs is None else ("connected" if ovs.connected else "disconnected"),
+                "last_error": ovs.last_error if ovs is not None else None,
+            },
+            "schedule": dataclasses.asdict(self.table.settings.schedule),
+            **arrivals_status(self.table, self.announcer.in_flight),
+            "last_announcements": list(self.status_log.recent),
+            "counters": dict(self.status_log.counters),
+            "ledger_entries": len(self.ledger),
+            "ledger_problems": dict(self.ledger.problems),
+        }
 
     def _connection_state(self, up: bool) -> None:
         self.metrics.connected.set(1 if up else 0)

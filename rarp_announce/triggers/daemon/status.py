@@ -1,19 +1,16 @@
-"""What `rarp-announce status` shows: the connection, arrivals and what each waits for, counters."""
+"""What `rarp-announce status` shows of the arrivals: what each waits for, the last
+announcements, the counters. Daemon.status() (service.py) adds the connection, OVSDB and ledger."""
 
 from __future__ import annotations
 
 import collections
-import dataclasses
-import os
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
+from typing import Any
 
-from rarp_announce import __version__
-from rarp_announce.announce.arrivals import Arrival, Observer
+from rarp_announce.announce.arrivals import Arrival, ArrivalTable, Observer
+from rarp_announce.announce.engine import Announcement
 from rarp_announce.model import Target
-
-if TYPE_CHECKING:
-    from rarp_announce.triggers.daemon.service import Daemon
 
 _RECENT = 20  # announcements `status` shows
 
@@ -43,15 +40,15 @@ class StatusObserver(Observer):
         self.counters["resolve_failures"] += 1
 
 
-def daemon_status(daemon: Daemon) -> dict[str, Any]:
-    watcher = daemon.watcher
+def arrivals_status(table: ArrivalTable, in_flight: Iterable[Announcement]) -> dict[str, Any]:
+    """The arrivals' part of the status: incoming, parked, schedules in flight, targets waiting."""
     now = time.monotonic()
-    in_flight = [
+    flying = [
         {"domain": a.domain, "trigger": a.trigger, "targets": len(a.targets),
          "elapsed": round(now - a.started, 3), "sends_left": len(a.sends) - a.next_index}
-        for a in daemon.announcer.in_flight
+        for a in in_flight
     ]
-    entries = list(daemon.table.entries.values())
+    entries = list(table.entries.values())
     pending = []
     for entry in entries:
         for target in entry.pending():
@@ -61,31 +58,9 @@ def daemon_status(daemon: Daemon) -> dict[str, Any]:
                 "port": target.ovs.name if target.ovs else None, "vlan": target.vlan,
                 "reason": entry.problems.get(target.route), "waiting": round(now - since, 3),
             })
-    ovs = daemon.ovs
     return {
-        "version": __version__,
-        "pid": os.getpid(),
-        "started": round(daemon.started, 3),
-        "uri": daemon.uri,
-        "config": daemon.config_path,
-        "connection": {
-            "state": watcher.state if watcher else "stopped",
-            "since": round(watcher.since, 3) if watcher else None,
-            "reconnects": watcher.reconnects if watcher else 0,
-            "last_error": watcher.last_error if watcher else None,
-        },
-        "ovsdb": {
-            "remote": daemon.config.ovs.remote(),
-            "state": "off" if ovs is None else ("connected" if ovs.connected else "disconnected"),
-            "last_error": ovs.last_error if ovs is not None else None,
-        },
-        "schedule": dataclasses.asdict(daemon.config.schedule),
         "incoming": sorted(e.name for e in entries if e.phase == "incoming"),
         "parked": sorted(e.name for e in entries if e.phase == "parked"),
-        "in_flight": in_flight,
+        "in_flight": flying,
         "pending": pending,
-        "last_announcements": list(daemon.status_log.recent),
-        "counters": dict(daemon.status_log.counters),
-        "ledger_entries": len(daemon.ledger),
-        "ledger_problems": dict(daemon.ledger.problems),
     }

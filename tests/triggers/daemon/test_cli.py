@@ -28,7 +28,7 @@ class Running:
             self.config.write_text(CONFIG)
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(str(lab.tmp / "notify.sock"))
-        self.notify.settimeout(15)
+        self.notify.settimeout(120)  # generous: start-up on a loaded machine; fails, never hangs
         env = dict(os.environ, NOTIFY_SOCKET=str(lab.tmp / "notify.sock"), PYTHONPATH=str(ROOT))
         self.proc = lab.topo.popen(
             "a",

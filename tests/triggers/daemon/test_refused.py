@@ -9,7 +9,7 @@ import io
 import json
 import subprocess
 
-from rarp_announce.announce.arrivals import ArrivalTable
+from rarp_announce.announce.arrivals import ArrivalSettings, ArrivalTable
 from rarp_announce.announce.engine import Announcer
 from rarp_announce.lab.netns import inside, send_raw, wait_until
 from rarp_announce.resolve import host as host_module
@@ -39,7 +39,7 @@ def test_each_refusal_is_logged_and_counted_once_per_arrival(poisoned):  # noqa:
 
     async def run() -> None:
         resolver = HostResolver(lambda: config)
-        table = ArrivalTable(Announcer(DryRunSink(io.StringIO())), resolver, lambda: config,
+        table = ArrivalTable(Announcer(DryRunSink(io.StringIO())), resolver, ArrivalSettings.from_config(config),
                              observers=[LogObserver(setup_logging("json", out)), metrics.observer()])
         try:
             await table.expect(GUEST_UUID, "guest", xml=guest_xml(), source="hook")

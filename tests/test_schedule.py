@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from rarp_announce.errors import InputError
-from rarp_announce.announce.schedule import Schedule, Send
+from rarp_announce.schedule import Schedule, Send
 
 
 def qemu_offsets(initial: int, max_: int, rounds: int, step: int) -> list[int]:

@@ -17,30 +17,50 @@ after every (re)connection the running domains are caught up against it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from rarp_announce.errors import InputError
 from rarp_announce.triggers.daemon.ledger import arrival_identity
 from rarp_announce.triggers.daemon.logs import log_event
-from rarp_announce.virt import lifecycle
-from rarp_announce.virt.lifecycle import Step
+from rarp_announce.virt import arrival_steps
+from rarp_announce.virt.arrival_steps import Step
 
 if TYPE_CHECKING:
-    from rarp_announce.announce.arrivals import Arrival
-    from rarp_announce.triggers.daemon.service import Daemon
+    from rarp_announce.announce.arrivals import Arrival, ArrivalTable
+    from rarp_announce.triggers.daemon.ledger import Ledger
 
 
 class LibvirtTrigger:
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
-        self._tasks: set[asyncio.Task[Any]] = set()
+    """Turns libvirt's events for this host into the arrival table's steps.
 
-    @property
-    def _table(self) -> Any:
-        return self.daemon.table
+    Given what it uses, not the daemon: `ledger` and `device_added_window` are read at each use
+    (the daemon opens its ledger at start and replaces its config at a reload); `failed` counts
+    a failure by reason (the daemon's metrics).
+    """
+
+    def __init__(
+        self,
+        table: ArrivalTable,
+        *,
+        ledger: Callable[[], Ledger],
+        counters: collections.Counter[str],
+        device_added_window: Callable[[], float],
+        failed: Callable[[str], None],
+        log: logging.Logger,
+        pid_dir: str,
+    ) -> None:
+        self._table = table
+        self._ledger = ledger
+        self._counters = counters
+        self._device_added_window = device_added_window
+        self._failed = failed
+        self._log = log
+        self._pid_dir = pid_dir
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     # ---- libvirt callbacks (on the loop thread; never block, never call libvirt before the first round)
 
@@ -49,12 +69,12 @@ class LibvirtTrigger:
         try:
             self._lifecycle(dom, event, detail, seen)
         except Exception:  # libvirt would only print it: log it, keep serving every other domain
-            self.daemon.log.exception("handling lifecycle event %s/%s failed", event, detail)
+            self._log.exception("handling lifecycle event %s/%s failed", event, detail)
 
     def _lifecycle(self, dom: Any, event: int, detail: int, seen: float) -> None:
         uuid = dom.UUIDString()
         entry = self._table.entries.get(uuid)
-        step = lifecycle.classify(
+        step = arrival_steps.classify(
             event, detail,
             incoming=entry is not None and entry.phase == "incoming",
             parked=entry is not None and entry.phase == "parked",
@@ -83,7 +103,7 @@ class LibvirtTrigger:
             return
         arrival = self._table.arrive(uuid, dom.name(), trigger=trigger, seen=seen)
         if arrival is None:
-            self.daemon.counters["duplicate_resumes"] += 1  # postcopy, then migrated: one arrival
+            self._counters["duplicate_resumes"] += 1  # postcopy, then migrated: one arrival
             return
         # Everything below happens after the first round has left.
         self._record(arrival, dom, trigger)
@@ -92,11 +112,11 @@ class LibvirtTrigger:
         try:
             entry = self._table.entries.get(dom.UUIDString())
         except Exception:
-            self.daemon.log.exception("handling device-added event failed")
+            self._log.exception("handling device-added event failed")
             return
         if entry is None or entry.arrived_at is None:
             return
-        if time.monotonic() - entry.arrived_at > self.daemon.config.daemon.device_added_window:
+        if time.monotonic() - entry.arrived_at > self._device_added_window():
             return
         self._spawn(self._device_added(entry, dom, alias))
 
@@ -117,18 +137,18 @@ class LibvirtTrigger:
             state, reason = dom.state()
         except libvirt.libvirtError:
             return
-        if state == lifecycle.DOMAIN_RUNNING and reason == lifecycle.RUNNING_MIGRATION_CANCELED:
+        if state == arrival_steps.DOMAIN_RUNNING and reason == arrival_steps.RUNNING_MIGRATION_CANCELED:
             # libvirt also reports RESUMED/MIGRATED when a failed or cancelled migration resumes
             # the guest on its *source*: nothing arrived, nothing to announce.
-            self.daemon.counters["cancelled_migrations"] += 1
+            self._counters["cancelled_migrations"] += 1
             return
         await self._announce_cold(dom, uuid, trigger, seen, source="event")
 
     async def _announce_cold(self, dom: Any, uuid: str, trigger: str, seen: float | None, *, source: str) -> bool:
         """Whether it arrived now: False when the ledger has it already or it is gone meanwhile."""
         identity = self._identity(uuid, dom)
-        if identity is not None and identity in self.daemon.ledger:
-            self.daemon.counters["already_announced"] += 1
+        if identity is not None and identity in self._ledger():
+            self._counters["already_announced"] += 1
             return False
         xml = self._xml(dom)
         if xml is None:
@@ -156,7 +176,7 @@ class LibvirtTrigger:
         try:
             domains = conn.listAllDomains(libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
         except libvirt.libvirtError as exc:
-            log_event(self.daemon.log, logging.WARNING, "catch-up: cannot list domains", error=exc.get_error_message())
+            log_event(self._log, logging.WARNING, "catch-up: cannot list domains", error=exc.get_error_message())
             return
         running = set()
         for dom in domains:
@@ -167,18 +187,18 @@ class LibvirtTrigger:
             except libvirt.libvirtError:
                 continue  # gone meanwhile
             running.add(uuid)
-            if state != lifecycle.DOMAIN_RUNNING:
+            if state != arrival_steps.DOMAIN_RUNNING:
                 continue  # paused: still mid-migration or parked; its resume will tell
             entry = self._table.entries.get(uuid)
             if entry is not None and entry.phase in ("incoming", "parked"):
                 # Its resume happened while we were disconnected.
-                self.daemon.counters["caught_up"] += 1
+                self._counters["caught_up"] += 1
                 arrival = self._table.arrive(uuid, dom.name(), trigger="catch-up")
                 if arrival is not None:
                     self._record(arrival, dom, "catch-up")
-            elif entry is None and reason in (lifecycle.RUNNING_MIGRATED, lifecycle.RUNNING_POSTCOPY):
+            elif entry is None and reason in (arrival_steps.RUNNING_MIGRATED, arrival_steps.RUNNING_POSTCOPY):
                 if await self._announce_cold(dom, uuid, "catch-up", None, source="catch-up"):
-                    self.daemon.counters["caught_up"] += 1
+                    self._counters["caught_up"] += 1
         for uuid in known - running:
             self._table.forget(uuid)  # stopped or left while we were not listening
 
@@ -188,7 +208,7 @@ class LibvirtTrigger:
         if arrival.identity is None:
             arrival.identity = self._identity(arrival.uuid, dom)
         if arrival.identity is not None:
-            self.daemon.ledger.record(arrival.identity, domain=arrival.name, trigger=trigger)
+            self._ledger().record(arrival.identity, domain=arrival.name, trigger=trigger)
 
     def _xml(self, dom: Any) -> str | None:
         import libvirt
@@ -196,16 +216,16 @@ class LibvirtTrigger:
         try:
             return str(dom.XMLDesc(0))
         except libvirt.libvirtError as exc:
-            log_event(self.daemon.log, logging.WARNING, "cannot read domain XML", domain=_name(dom),
+            log_event(self._log, logging.WARNING, "cannot read domain XML", domain=_name(dom),
                       error=exc.get_error_message())
-            self.daemon.metrics.failure("libvirt")
+            self._failed("libvirt")
             return None
 
     def _identity(self, uuid: str, dom: Any) -> str | None:
         import libvirt
 
         try:
-            return arrival_identity(uuid, dom.ID(), dom.name(), pid_dir=self.daemon.pid_dir)
+            return arrival_identity(uuid, dom.ID(), dom.name(), pid_dir=self._pid_dir)
         except libvirt.libvirtError:
             return None
 
@@ -217,7 +237,7 @@ class LibvirtTrigger:
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            self.daemon.log.error("task failed", exc_info=task.exception())
+            self._log.error("task failed", exc_info=task.exception())
 
     def close(self) -> None:
         for task in list(self._tasks):
@@ -225,9 +245,9 @@ class LibvirtTrigger:
 
 
 def _trigger(event: int, detail: int) -> str:
-    if event == lifecycle.EVENT_RESUMED and detail == lifecycle.RESUMED_POSTCOPY:
+    if event == arrival_steps.EVENT_RESUMED and detail == arrival_steps.RESUMED_POSTCOPY:
         return "resumed-postcopy"
-    if event == lifecycle.EVENT_RESUMED and detail == lifecycle.RESUMED_MIGRATED:
+    if event == arrival_steps.EVENT_RESUMED and detail == arrival_steps.RESUMED_MIGRATED:
         return "resumed-migrated"
     return "resumed-after-paused-migration"
 

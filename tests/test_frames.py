@@ -9,7 +9,7 @@ from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Padding
 
 from rarp_announce.errors import InputError
-from rarp_announce.announce.frames import FRAME_LEN, TAGGED_FRAME_LEN, check_vlan, frame_vlan, rarp_frame
+from rarp_announce.frames import FRAME_LEN, TAGGED_FRAME_LEN, check_vlan, frame_vlan, rarp_frame
 from rarp_announce.mac import format_mac
 from tests.announce._scapy import scapy_ether
 

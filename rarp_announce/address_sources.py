@@ -72,9 +72,9 @@ def vouched_by(name: str) -> Vouch:
 def _check_table() -> None:
     named, listed = set(get_args(AddressSource)), [s.name for s in SOURCES]
     if len(set(listed)) != len(listed) or set(listed) != named:
-        raise RuntimeError(f"resolve.sources: the table names {sorted(listed)}, model.AddressSource {sorted(named)}")
+        raise RuntimeError(f"address_sources: the table names {sorted(listed)}, model.AddressSource {sorted(named)}")
     if GUEST & set(DEFAULTS):
-        raise RuntimeError(f"resolve.sources: guest sources {sorted(GUEST & set(DEFAULTS))} must not be defaults")
+        raise RuntimeError(f"address_sources: guest sources {sorted(GUEST & set(DEFAULTS))} must not be defaults")
 
 
 _check_table()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rarp_announce.virt import lifecycle as arrivals
-from rarp_announce.virt.lifecycle import Step, classify
+from rarp_announce.virt import arrival_steps as arrivals
+from rarp_announce.virt.arrival_steps import Step, classify
 
 
 def test_constants_match_libvirt(libvirt_module) -> None:

@@ -15,7 +15,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import Padding
 
-from rarp_announce.announce.frames import (
+from rarp_announce.frames import (
     FRAME_LEN,
     NA_FRAME_LEN,
     TAGGED_FRAME_LEN,
@@ -270,7 +270,7 @@ def test_frame_kind_by_protocol_alone() -> None:
 def test_builders_import_no_scapy() -> None:
     # scapy costs 0.4-2 s to import (`make bench`, bench_cli): the send path must never pull it in.
     code = (
-        "import sys, rarp_announce.announce.frames, rarp_announce.ipaddr, rarp_announce.sniff; "
+        "import sys, rarp_announce.frames, rarp_announce.ipaddr, rarp_announce.sniff; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scapy'))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
