@@ -20,7 +20,7 @@ from rarp_announce.model import Address, Resolution, Target
 from rarp_announce.names import canonical_uuid
 from rarp_announce.resolve import hostnet
 from rarp_announce.resolve.addresses import guest_announce, libvirt_addresses, merge, off_loop
-from rarp_announce.resolve.interfaces import OvsLookup, resolve_xml
+from rarp_announce.resolve.interfaces import NetworkBridge, OvsLookup, resolve_xml
 from rarp_announce.resolve.neighbours import HostTables, neighbour_addresses, read_tables
 from rarp_announce.resolve.ovsport import PortInfo
 from rarp_announce.address_sources import BY_NAME, GUEST
@@ -149,13 +149,7 @@ class HostResolver:
         command on a host without Open vSwitch then never contacts it. InputError for an
         unusable document."""
         probe = _OvsProbe()
-        conn = self._connection()
-        network_bridge = None
-        if conn is not None:
-            from rarp_announce.virt.connection import network_bridge_lookup
-
-            network_bridge = network_bridge_lookup(conn)
-        resolve_xml(xml, self._config(), network_bridge=network_bridge, ovs=probe)
+        resolve_xml(xml, self._config(), network_bridge=self._network_bridge(), ovs=probe)
         if probe.port_asked:
             return True
         if not probe.bridges:
@@ -164,6 +158,15 @@ class HostResolver:
 
         found = await links(probe.bridges)
         return any(link is not None and link.kind == "openvswitch" for link in found.values())
+
+    def _network_bridge(self) -> NetworkBridge | None:
+        """libvirt's answer for a network's bridge, or None without a connection."""
+        conn = self._connection()
+        if conn is None:
+            return None
+        from rarp_announce.virt.connection import network_bridge_lookup
+
+        return network_bridge_lookup(conn)
 
     def live_xml(self, uuid: str) -> str | None:
         """The domain's live XML now, or None when libvirt is not reachable or the domain is gone."""
@@ -181,12 +184,7 @@ class HostResolver:
         """Targets for `xml` as this host sees them now; InputError for an unusable document."""
         lookup, down, pending = self._ovs_lookup()
         found, reasons = await self._libvirt_addresses(xml)
-        network_bridge = None
-        conn = self._connection()
-        if conn is not None:
-            from rarp_announce.virt.connection import network_bridge_lookup
-
-            network_bridge = network_bridge_lookup(conn)
+        network_bridge = self._network_bridge()
         run = functools.partial(resolve_xml, xml, self._config(), network_bridge=network_bridge, ovs_down=down,
                                 ovs_pending=pending, found_addresses=found)
         if len(xml) <= _INLINE_XML:
