@@ -32,7 +32,7 @@ app.add_typer(lab_app, name="lab")
 ModeOpt = Annotated[str, typer.Option("--mode", help="Who announces: daemon (rarp-announce daemon per host), hook (only the libvirt hook), both (daemon + hook hand-off), cli (the lab runs `rarp-announce domain`), none (control: nothing moves).")]
 TcgOpt = Annotated[bool, typer.Option("--tcg", help="Use TCG even when /dev/kvm works.")]
 QemuRarpOpt = Annotated[str, typer.Option("--qemu-rarp", help="drop: QEMU's own RARPs are dropped where they enter the Linux bridge, before it learns from them (an unwired port); keep: they pass (both announcers at work).")]
-WiringOpt = Annotated[str, typer.Option("--wiring", help="late: the OVS port is plugged dead (VLAN 4095) and wired --rewire-delay s after the resume, as in OpenStack; immediate: wired during the migration.")]
+WiringOpt = Annotated[str, typer.Option("--wiring", help="late: the OVS port is plugged dead (VLAN 4095) and wired --rewire-delay s after the resume, as in OpenStack; immediate: plugged wired, its VLAN in the domain XML as on a plain libvirt host.")]
 DelayOpt = Annotated[float, typer.Option("--rewire-delay", help="Seconds after the resume at which a late port is wired.", min=0.0, max=60.0)]
 FabricOpt = Annotated[str, typer.Option("--fabric", help="l2: br0 reaches the client through the switch; evpn: both hosts are EVPN-VXLAN VTEPs (FRR zebra + bgpd each, iBGP l2vpn evpn) and the client sits behind a third VTEP, so the fabric's type-2 routes must follow the guest (needs Debian's frr: make setup).")]
 GuestOpt = Annotated[str, typer.Option("--guest", help="firmware: a guest with no OS (64 MiB, KVM); tiny: a real tiny Linux (TCG) that counts the client's frames it receives on its serial console (built by `make setup`).")]

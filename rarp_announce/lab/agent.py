@@ -7,8 +7,11 @@ RARPs go out meanwhile and are lost in the dead VLAN. In the lab, libvirt plugs 
 (the guest's XML carries tag 4095, guest.py), so it is never live but unwired, however late
 this agent runs on a loaded machine. The agent reproduces the rest:
 
-- `immediate`: the port gets its VLAN as soon as libvirt plugged it (STARTED/MIGRATED),
-  before the guest resumes, as on a host whose agent is quick;
+- `immediate`: the port is wired from the moment libvirt plugs it, as on a plain libvirt host:
+  the guest's XML carries the network VLAN instead of the dead one (guest.py `ovs_plug_vlan`),
+  so no agent races QEMU's first frames on a loaded machine (an agent that set the tag at
+  STARTED/MIGRATED came 355 ms after them under load, and they left in VLAN 4095). The agent
+  only checks, at STARTED/MIGRATED, that the port is in its VLAN;
 - `late`: the port is dead until `delay` seconds after the guest resumed, as on a busy
   OpenStack host. Dead is what Neutron's agent does in port_dead(): tag 4095, and a flow that
   drops everything the port sends (OVS would otherwise flood VLAN 4095 out of trunk ports).
@@ -109,7 +112,9 @@ class WiringAgent:
                     record.errors.append(f"no OVS port for {self.mac} on the destination")
                     return
                 if self.wiring == "immediate":
-                    self._timed_wire(ovs, record)
+                    tag = ovs.vsctl("get", "Port", record.port, "tag").strip()
+                    if tag != str(self.vlan):
+                        record.errors.append(f"set-up: port {record.port} plugged with tag {tag}, not {self.vlan}")
                     return
                 self.kill(ovs, record.port)
                 resumed = events.wait(host, EVENT_RESUMED, (RESUMED_MIGRATED, RESUMED_POSTCOPY), since, timeout)  # type: ignore[attr-defined]

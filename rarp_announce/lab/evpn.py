@@ -68,7 +68,7 @@ EVPN_CLIENT_DEVICE = "client"
 PROBE_WINDOW = 1.5  # seconds after RESUMED in which the client's probes are counted
 # Seconds, after the lab's settle, for VTEP c to follow: a bound, not a figure (bgpd and zebra on
 # a loaded machine took longer than 3 s); a run without an announcer waits it out.
-MOVE_WAIT = 20.0
+MOVE_WAIT = 60.0
 
 AF_BRIDGE = 7
 NETLINK_ROUTE = 0
@@ -346,9 +346,9 @@ class EvpnFabric:
             frr.write_config(VTEP_ADDRESS[vtep], [VTEP_ADDRESS[v] for v in VTEPS if v != vtep], ASN)
             self.frr[vtep] = frr  # registered first: close() stops whatever of it started
             frr.start()
-        if not wait_until(lambda: all(f.ready() for f in self.frr.values()), 30):
+        if not wait_until(lambda: all(f.ready() for f in self.frr.values()), 120):
             raise RuntimeError(f"FRR did not start on every VTEP; see {self.workdir}/*/zebra.log and bgpd.log")
-        if not wait_until(self._fabric_up, 60, 0.5):
+        if not wait_until(self._fabric_up, 180, 0.5):
             raise RuntimeError(f"the EVPN fabric did not come up (iBGP sessions, VNI {VNI}); see {self.workdir}/*/bgpd.log")
         narrate(f"EVPN fabric: VTEPs a, b (the hosts' br0) and c (the client's) on underlay 10.78.0.0/24, "
                 f"VNI {VNI} on {VXLAN_DEVICE} (nolearning), FRR zebra + bgpd each, iBGP l2vpn evpn advertise-all-vni; "
@@ -477,7 +477,7 @@ class EvpnFabric:
             view = self.mac_view("c", mac)
             self._seq_before[mac] = view.remote_seq if view is not None else 0
             for ip in self.addresses.get(mac, ()):
-                if not wait_until(lambda: self.arp_cache(ip) == (mac, vtep), 15, 0.1):
+                if not wait_until(lambda: self.arp_cache(ip) == (mac, vtep), 60, 0.1):
                     raise RuntimeError(f"EVPN: VTEP c never learned {ip} -> {mac} behind host {source} ({vtep})")
 
     def after_migration(self, destination: str, source: str, started: float, resumed: float | None, taps: dict[str, str],
@@ -549,7 +549,7 @@ class EvpnFabric:
 
 
 def _run(argv: list[str]) -> subprocess.CompletedProcess:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: {(done.stderr or done.stdout).strip()}")
     return done

@@ -7,6 +7,9 @@ agent sets it on the port in OVSDB (agent.py). The XML carries the dead VLAN ins
 libvirt plugs the port isolated (tag 4095) in the same ovs-vsctl transaction that creates it
 (libvirt src/util/virnetdevopenvswitch.c, virNetDevOpenvswitchAddPort), on every host the
 guest starts or arrives on, as os-vif's isolate_vif does: never a moment live but unwired.
+A guest whose port is wired at once (`ovs_plug_vlan`) carries its network VLAN in the XML
+instead, as on a plain libvirt host: libvirt plugs it wired in that same transaction, so it is
+wired before QEMU's first frame however slow the machine is.
 
 With `boot` (tinyguest.py), the guest runs a real tiny Linux instead, booted directly from a
 kernel and initramfs, that tallies the client's frames on its serial console.
@@ -71,13 +74,14 @@ class Guest:
     kvm: bool
     uuid: str = field(default_factory=lambda: str(uuidlib.uuid4()))
     boot: DirectBoot | None = None  # None: no OS, the guest sits in firmware
+    ovs_plug_vlan: int = DEAD_VLAN  # the tag libvirt plugs the OVS vNIC's port with (see the docstring)
 
     @property
     def macs(self) -> list[str]:
         return [nic.mac for nic in self.nics]
 
     def xml(self) -> str:
-        interfaces = "".join(_interface(nic) for nic in self.nics)
+        interfaces = "".join(_interface(nic, self.ovs_plug_vlan) for nic in self.nics)
         declared = "".join(
             f"<ra:interface mac='{nic.mac}'>" + "".join(f"<ra:ip address='{ip}'/>" for ip in nic.addresses) + "</ra:interface>"
             for nic in self.nics if nic.addresses
@@ -102,10 +106,10 @@ class Guest:
 """
 
 
-def _interface(nic: Nic) -> str:
+def _interface(nic: Nic, ovs_plug_vlan: int) -> str:
     extra = ""
     if nic.ovs:
-        extra += f"\n      <virtualport type='openvswitch'/>\n      <vlan><tag id='{DEAD_VLAN}'/></vlan>"
+        extra += f"\n      <virtualport type='openvswitch'/>\n      <vlan><tag id='{ovs_plug_vlan}'/></vlan>"
     if nic.vlan and not nic.ovs:
         extra += f"\n      <vlan><tag id='{nic.vlan}'/></vlan>"
     return f"""

@@ -33,6 +33,10 @@ security_driver = "none"
 cgroup_controllers = [ ]
 namespaces = [ ]
 stdio_handler = "file"
+# libvirt's bound on each ovs-vsctl call (5 s by default): ovs-vswitchd on a loaded machine took
+# longer to apply a port, and libvirt failed the migration with "Unable to add port ... to OVS
+# bridge". A bound, not a budget; production hosts with busy OVS raise it the same way.
+ovs_timeout = 120
 """
 
 

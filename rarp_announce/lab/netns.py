@@ -26,6 +26,7 @@ from pyroute2 import NetNS, config as _pyroute2_config, netns
 _pyroute2_config.default_communicate_timeout = 60
 
 ETH_P_ALL = 0x0003
+_BOUND = 60.0  # s for a `bridge` or `ip` command: 10 s timed out on a loaded machine
 SOL_PACKET = 263
 PACKET_AUXDATA = 8
 SO_TIMESTAMPNS = 35
@@ -165,7 +166,7 @@ def send_raw(ns: str, device: str, frame: bytes) -> None:
 def bridge_fdb(ns: str, bridge: str) -> list[tuple[str, str]]:
     """(port, MAC) of every MAC Linux bridge `bridge` in netns `ns` has learned, in the kernel's order."""
     done = subprocess.run(["ip", "netns", "exec", ns, "bridge", "-j", "fdb", "show", "br", bridge],
-                          capture_output=True, text=True, timeout=10)
+                          capture_output=True, text=True, timeout=_BOUND)
     learned = []
     for entry in json.loads(done.stdout or "[]"):
         # Permanent entries are the ports' own addresses, not something the bridge learned.
@@ -179,7 +180,7 @@ def bridge_fdb_states(ns: str, bridge: str) -> dict[str, tuple[str, str]]:
     permanent ones included; state is "dynamic" for a learned (or user-added dynamic) entry, else
     what the kernel says ("static", "permanent")."""
     done = subprocess.run(["ip", "netns", "exec", ns, "bridge", "-j", "fdb", "show", "br", bridge],
-                          capture_output=True, text=True, timeout=10)
+                          capture_output=True, text=True, timeout=_BOUND)
     found: dict[str, tuple[str, str]] = {}
     for entry in json.loads(done.stdout or "[]"):
         if entry.get("master") == bridge and entry.get("mac") and "vlan" not in entry:

@@ -19,7 +19,7 @@ from rarp_announce.errors import AnnounceError
 from rarp_announce.pids import alive, wait_gone
 
 SCHEMA = Path("/usr/share/openvswitch/vswitch.ovsschema")
-_TIMEOUT = 30.0
+_TIMEOUT = 180.0  # s; a bound so the lab fails instead of hanging (20 s was short on a loaded machine)
 
 
 class OVSError(AnnounceError):
@@ -68,7 +68,7 @@ class PrivateOVS:
         return done.stdout
 
     def vsctl(self, *args: str) -> str:
-        return self._run(["ovs-vsctl", f"--db=unix:{self.rundir}/db.sock", "--timeout=20", *args])
+        return self._run(["ovs-vsctl", f"--db=unix:{self.rundir}/db.sock", "--timeout=120", *args])
 
     def appctl(self, *args: str) -> str:
         """ovs-appctl to ovs-vswitchd (or pass `-t TARGET` first to reach another daemon)."""
@@ -137,7 +137,7 @@ class PrivateOVS:
     def _exit(self, name: str, *command: str) -> None:
         pid = self._pids.pop(name)
         try:
-            self._run(["ovs-appctl", "-t", str(self.rundir / f"{name}.ctl"), *command], timeout=10)
+            self._run(["ovs-appctl", "-t", str(self.rundir / f"{name}.ctl"), *command], timeout=60)
         except OVSError:
             pass
         if not wait_gone(pid, 5.0):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 
 def _ip(*argv: str) -> str:
-    done = subprocess.run(["ip", *argv], capture_output=True, text=True, timeout=10)
+    done = subprocess.run(["ip", *argv], capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
         raise RuntimeError(f"ip {' '.join(argv)}: {done.stderr.strip()}")
     return done.stdout

@@ -127,7 +127,7 @@ def test_evpn_without_an_announcer_the_fabric_stays_behind(evpn_lab):
     lab = evpn_lab
     fabric = lab.evpn
     fabric.set_flooding(False)
-    assert wait_until(lambda: not fabric.flooding(), 10)
+    assert wait_until(lambda: not fabric.flooding(), 60)
     try:
         for host in ("a", "b"):
             lab.stop_daemon(host)
@@ -144,14 +144,14 @@ def test_evpn_without_an_announcer_the_fabric_stays_behind(evpn_lab):
         assert move.probes_sent > 0 and move.probes_lost == move.probes_sent, move
 
         lab.start_daemon(record.destination)
-        assert wait_until(lambda: fabric.kernel_dst(move.mac) == move.destination_vtep, 30), \
+        assert wait_until(lambda: fabric.kernel_dst(move.mac) == move.destination_vtep, 60), \
             "the daemon came back and the fabric still does not send the guest's MAC to the destination"
         # The source may still advertise the MAC for a moment: the neighbour entry an earlier
         # arrival wrote there outlives the guest's stay, and FRR keeps a MAC a local neighbour
         # refers to until the destination's route (with a higher sequence) replaces it.
         assert wait_until(lambda: (routes := fabric.routes(move.mac)) != [] and all(
             hop == move.destination_vtep for hop, _ in routes), 30), fabric.routes(move.mac)
-        assert wait_until(lambda: lab.delivered[record.destination].first(move.mac, record.started) is not None, 10)
+        assert wait_until(lambda: lab.delivered[record.destination].first(move.mac, record.started) is not None, 60)
     finally:
         fabric.set_flooding(True)
         for host in ("a", "b"):

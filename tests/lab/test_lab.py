@@ -199,13 +199,14 @@ def test_daemon_every_arrival_announced_exactly_once(daemon_lab):
 
 
 def test_realistic_both_announcers_ours_never_undo_qemus():
-    """QEMU's own RARPs let through and the OVS port wired during the migration: QEMU and we both
+    """QEMU's own RARPs let through and the OVS port plugged wired: QEMU and we both
     announce, and every MAC ends on the guest's port, on the switch and on the destination's
     bridges (before the fix, our frame from the OVS bridge's own port moved it to LOCAL)."""
     lab = _open_lab("daemon", qemu_rarp="keep", wiring="immediate")
     try:
         for _ in range(3):
             record = lab.migrate()
+            assert record.rewiring is not None and record.rewiring.errors == []
             assert record.moved == record.expected, f"migration {record.number}: FDB {record.moved}"
             assert record.bad_frames == [] and record.stray == []
             assert record.qemu_frames >= ROUNDS * len(lab.guest.macs) // 2, "QEMU announced on the destination"
