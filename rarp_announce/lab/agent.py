@@ -61,15 +61,21 @@ class WiringAgent:
         self.wiring = wiring
         self.delay = delay
 
-    def port_of(self, ovs: PrivateOVS, timeout: float = 10.0) -> str | None:
-        """The OVS port libvirt created for the guest's MAC (its external_ids:attached-mac)."""
+    def port_of(self, ovs: PrivateOVS, timeout: float = 60.0) -> str | None:
+        """The live OVS port libvirt created for the guest's MAC (its external_ids:attached-mac).
+
+        Live: ovs-vswitchd found its device (a kernel ifindex). When libvirt's del-port fails on a
+        source (its ovs-vsctl timed out on a loaded machine), the gone tap's port stays in OVSDB with
+        the MAC, its ofport, and ifindex 0; wiring that one would leave the guest's real port parked."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            names = ovs.vsctl("--bare", "--columns=name", "find", "Interface",
-                              f'external_ids:attached-mac="{self.mac}"').split()
-            if names:
-                return names[0]
-            time.sleep(0.02)
+            found = ovs.vsctl("--bare", "--columns=name,ifindex", "find", "Interface",
+                              f'external_ids:attached-mac="{self.mac}"').split("\n\n")
+            for record in found:
+                name, _, ifindex = record.strip().partition("\n")
+                if name and ifindex.strip().isdigit() and int(ifindex) > 0:
+                    return name
+            time.sleep(0.05)
         return None
 
     def block(self, ovs: PrivateOVS) -> None:

@@ -33,10 +33,6 @@ security_driver = "none"
 cgroup_controllers = [ ]
 namespaces = [ ]
 stdio_handler = "file"
-# libvirt's bound on each ovs-vsctl call (5 s by default): ovs-vswitchd on a loaded machine took
-# longer to apply a port, and libvirt failed the migration with "Unable to add port ... to OVS
-# bridge". A bound, not a budget; production hosts with busy OVS raise it the same way.
-ovs_timeout = 120
 """
 
 
@@ -77,6 +73,10 @@ class Libvirtd:
             'unix_sock_rw_perms = "0700"\n'
             f'host_uuid = "{self.host_uuid}"\n'
             f'log_outputs = "3:file:{self.dirs["log"]}/libvirtd.log"\n'
+            "# libvirt's bound on each ovs-vsctl call (5 s by default; a libvirtd.conf setting, libvirt\n"
+            "# src/remote/remote_daemon_config.c): under load ovs-vswitchd took longer, a migration failed\n"
+            "# with \"Unable to add port ... to OVS bridge\" and a source's del-port left a stale port.\n"
+            "ovs_timeout = 120\n"
         )
         (self.dirs["etc"] / "qemu.conf").write_text(_QEMU_CONF)
         (self.workdir / "hosts").write_text(f"127.0.0.1 localhost\n127.0.1.1 {self.name}\n")
