@@ -34,10 +34,10 @@ from typing import Literal
 
 from rarp_announce.lab.netns import wait_until
 from rarp_announce.lab.ovs import PrivateOVS
+from rarp_announce.resolve.ovsport import DEAD_VLAN
 from rarp_announce.virt.arrival_steps import EVENT_RESUMED, EVENT_STARTED, RESUMED_MIGRATED, RESUMED_POSTCOPY, STARTED_MIGRATED
 
 Wiring = Literal["immediate", "late"]
-DEAD_VLAN = 4095
 QEMU_OVER_TIMEOUT = 120.0  # s; QEMU's schedule lasts 0.8 s: a bound so the agent never hangs
 QEMU_SETTLE = 1.0  # s after QEMU's last frame: ovs-vswitchd may still be handling it (an upcall)
 

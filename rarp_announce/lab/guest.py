@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from xml.sax.saxutils import escape
 
 from rarp_announce.resolve.addresses import METADATA_NS
+from rarp_announce.resolve.ovsport import DEAD_VLAN  # Neutron's DEAD_VLAN_TAG: a port plugged until the agent wires it
 
 OVS_VLAN = 100
-DEAD_VLAN = 4095  # Neutron's DEAD_VLAN_TAG: what an OVS port is plugged with until the agent wires it
 
 
 @dataclass(frozen=True)
