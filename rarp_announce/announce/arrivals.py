@@ -370,12 +370,17 @@ class ArrivalTable:
         first = not entry.announced
         self._announce(entry, ready, entry.trigger if first else (trigger or "retry"))
         # Announced from an XML that named no tap (a hook's migratable XML): the live one does,
-        # so the bridge FDB step the first round could not take is taken now, once.
+        # so the bridge FDB and SVI neighbour step the first round could not take is taken now,
+        # once. The sink prepares these targets first: only now is their bridge known, and with
+        # it the SVI each vouched address belongs to.
         unclaimed = [t for t in resolution.targets if t.bridge_port is not None and t.key in entry.announced
                      and t.key not in entry.claimed]
         if unclaimed:
             entry.claimed.update(t.key for t in unclaimed)
-            self.announcer.claim(unclaimed, trigger=trigger or "reconcile", domain=entry.name)
+            await self.announcer.prepare(unclaimed)
+            if self.entries.get(entry.uuid) is entry:
+                self.announcer.claim(unclaimed, trigger=trigger or "reconcile", domain=entry.name)
+            self.announcer.release(unclaimed)
         self._track_waiting(entry, now)
 
     async def _resolve(self, entry: Arrival, xml: str | bytes) -> Resolution | None:

@@ -187,9 +187,10 @@ class Announcer:
                     self._finish(announcement)
 
     def claim(self, targets: Iterable[Target], *, trigger: str, domain: str | None = None) -> None:
-        """The bridge FDB step alone, now, for targets already announced before their Linux bridge
-        port was known (a hook's migratable XML names no tap: libvirt drops auto-named <target
-        dev>); reported like the step of a first round."""
+        """The bridge FDB and SVI neighbour step alone, now, for targets already announced before
+        their Linux bridge port was known (a hook's migratable XML names no tap: libvirt drops
+        auto-named <target dev>), which the caller has prepared; reported like the step of a first
+        round."""
         for target in targets:
             if target.bridge_port is not None:
                 self._claim(target, 0.0, 1, 1, trigger, domain)

@@ -102,6 +102,23 @@ class SerialTally:
                 nic.last = max(nic.last or 0, numbers[1])
         return found
 
+    def _drops_reports(self) -> list[int]:
+        return [int(words[1]) for words in self.lines() if len(words) == 2 and words[0] == "drops" and words[1].isdigit()]
+
+    def socket_drops(self, timeout: float) -> int:
+        """Client frames the guest's socket dropped (its queue full) on all vNICs so far: waits for
+        the guest's next report (every half second), so it covers every frame the guest had
+        already counted when called. Raises if none comes within `timeout`."""
+        seen = len(self._drops_reports())
+        deadline = time.monotonic() + timeout
+        while True:
+            reports = self._drops_reports()
+            if len(reports) > seen:
+                return reports[-1]
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"the tiny guest reported no drops count within {timeout:.0f} s (console: {self.path})")
+            time.sleep(0.05)
+
     def last(self, mac: str) -> int | None:
         nic = self.nics().get(mac.lower())
         return None if nic is None else nic.last

@@ -41,6 +41,20 @@ def test_gaps_late_frames_and_the_tail_are_missing(tmp_path: Path) -> None:
     assert tally.wait_past(MAC, 80, 0.0) and not tally.wait_past(MAC, 81, 0.0)
 
 
+def test_socket_drops_come_from_the_guests_next_report(tmp_path: Path) -> None:
+    import threading
+
+    tally = _console(tmp_path, f"tally ready {MAC}\ntally drops 3\n")
+    later = threading.Timer(0.2, lambda: tally.path.write_text(tally.path.read_text() + "tally drops 7\n"))
+    later.start()
+    try:
+        assert tally.socket_drops(timeout=10.0) == 7  # not the 3 already on the console
+    finally:
+        later.cancel()
+    with pytest.raises(RuntimeError, match="no drops count"):
+        tally.socket_drops(timeout=0.1)
+
+
 def test_a_guest_that_failed_is_reported(tmp_path: Path) -> None:
     tally = _console(tmp_path, "tally error no eth interface\n")
     with pytest.raises(RuntimeError, match="no eth interface"):

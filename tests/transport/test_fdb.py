@@ -339,14 +339,20 @@ def test_an_arrival_prepared_from_an_xml_without_the_tap_takes_the_fdb_step_from
         net: Net, libvirt_module) -> None:
     """A hook hands over libvirt's migratable XML, which names no tap (libvirt drops auto-named
     <target dev>): the first round goes out without the step, and the reconcile that reads the
-    live XML right after the arrival takes it, once."""
+    live XML right after the arrival takes it, once: the FDB entry and the SVI neighbour of the
+    vouched address both (a waiter that connects after the resume, on a loaded host, announces
+    from the hand-off's XML; the neighbour is what EVPN's MAC+IP route comes from)."""
+    from rarp_announce.resolve.addresses import METADATA_NS
+
     from rarp_announce.announce.arrivals import ArrivalSettings, ArrivalTable
     from rarp_announce.config import Config
     from rarp_announce.resolve.host import HostResolver
 
     uuid = "5a3f0b1e-0000-4000-8000-0000000000aa"
     migratable = (f"<domain type='test'><name>hx</name><uuid>{uuid}</uuid><memory>65536</memory><os><type>hvm</type>"
-                  f"</os><devices><interface type='bridge'><mac address='{MAC}'/><source bridge='br0'/></interface>"
+                  f"</os><metadata><ra:addresses xmlns:ra='{METADATA_NS}'><ra:interface mac='{MAC}'>"
+                  "<ra:ip address='192.0.2.10'/></ra:interface></ra:addresses></metadata>"
+                  f"<devices><interface type='bridge'><mac address='{MAC}'/><source bridge='br0'/></interface>"
                   "</devices></domain>")
     conn = libvirt_module.open("test:///default")
     dom = conn.createXML(migratable, 0)
@@ -354,6 +360,7 @@ def test_an_arrival_prepared_from_an_xml_without_the_tap_takes_the_fdb_step_from
         tap = dom.XMLDesc(0).split("<target dev='")[1].split("'")[0]  # the test driver's own name
         net.ip("ip", "link", "set", "vnet0", "name", tap)
         net.learn_on_uplink()
+        net.ip("ip", "addr", "add", "192.0.2.1/24", "dev", "br0")  # br0 is the SVI of 192.0.2.0/24
         events: list[FrameEvent] = []
         config = Config()
 
@@ -378,7 +385,10 @@ def test_an_arrival_prepared_from_an_xml_without_the_tap_takes_the_fdb_step_from
         dom.destroy()
         conn.close()
     steps = [e for e in events if e.type == "fdb"]
-    assert [(s.detail, s.error) for s in steps] == [(f"set {MAC} on {tap} dynamic (was on up0)", None)]
+    assert [(s.detail, s.error) for s in steps] == [
+        (f"set {MAC} on {tap} dynamic (was on up0); neighbour 192.0.2.10 -> {MAC} on br0", None)]
     assert steps[0].target.bridge_port == BridgePort("br0", tap)
     assert sum(e.type == "rarp" for e in events) == 5  # one schedule
     assert net.entry()["ifname"] == tap
+    shown = json.loads(net.ip("ip", "-j", "neigh", "show", "dev", "br0").stdout)
+    assert [(e["dst"], e.get("lladdr"), e.get("state")) for e in shown] == [("192.0.2.10", MAC, ["REACHABLE"])]
