@@ -180,6 +180,29 @@ def _stamp(text: str) -> float:
     return datetime.strptime(whole, "%Y/%m/%d %H:%M:%S").timestamp() + (float("0." + fraction) if fraction else 0.0)
 
 
+def zebra_order(lines: list[str], mac: str, tap: str) -> bool | None:
+    """From a destination zebra's `debug zebra vxlan` lines: whether it still held a remote
+    VTEP's route for `mac` when it learned the MAC on the guest's tap (its "UPD MAC ... intf TAP
+    ... curFlags" line names REM). Only then does FRR raise the MAC-mobility sequence (RFC 7432
+    section 15); a zebra that handled the source's withdrawal first advertises a fresh route,
+    whenever the announcer wrote the entry. None when no such line is there."""
+    for line in lines:
+        found = _ZEBRA_LOCAL.search(line)
+        if found and found.group(1).lower() == mac.lower() and found.group(2) == tap:
+            return "REM" in found.group(3).split()
+    return None
+
+
+_ZEBRA_LOCAL = re.compile(r"UPD MAC (\S+) intf (\S+?)\(\d+\) VID \S+ -> VNI \d+ curFlags ?(.*)$")
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def bgp_updates(log: Path) -> list[BgpUpdate]:
     """The type-2 routes bgpd logged receiving (`debug bgp updates in`), in order.
 
@@ -243,6 +266,10 @@ class EvpnMove:
     ip_cache: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # VTEP c's ARP/ND cache: IP -> (MAC, VTEP)
     probes_sent: int = 0  # the client's probes in PROBE_WINDOW s after RESUMED
     probes_lost: int = 0  # ... that never reached the guest's tap on the destination
+    # The destination's zebra, by its own log (one observer, its own order): did it still hold
+    # the source's route for the MAC when it learned the MAC on the guest's tap? None: not seen.
+    remote_when_local: bool | None = None
+    zebra_trace: dict[str, list[str]] = field(default_factory=dict, repr=False)  # VTEP -> zebra's lines for the MAC
 
     @property
     def moved(self) -> bool:
@@ -266,6 +293,10 @@ class EvpnMove:
         that advertises only after the source withdrew (its tap is gone 10-25 ms after the resume
         in the lab) sends a fresh route, and its sequence need not grow."""
         return self.remote_seq is not None and self.remote_seq > self.seq_before
+
+    def trace(self) -> str:
+        """zebra's own lines for the MAC during the migration, per VTEP: for a failure message."""
+        return "".join(f"\n  zebra {vtep}: {line}" for vtep, lines in self.zebra_trace.items() for line in lines)
 
     def after_resume_ms(self, moment: float | None) -> float | None:
         return None if moment is None or self.resumed is None else (moment - self.resumed) * 1000
@@ -291,6 +322,7 @@ class EvpnFabric:
         self.traffic: ClientTraffic | None = None
         self.watches: dict[str, VtepFdbWatch] = {}
         self._seq_before: dict[str, int] = {}
+        self._zebra_from: dict[str, int] = {}  # VTEP -> where its zebra.log stood when the migration began
 
     # -- building ---------------------------------------------------------------------------
 
@@ -433,6 +465,16 @@ class EvpnFabric:
                         found.append((str(hops[0].get("ip")), int(mm.group(1)) if mm else 0))
         return found
 
+    def _zebra_lines(self, vtep: str, mac: str, most: int = 60) -> list[str]:
+        """zebra's log lines naming `mac` since the migration began (at most `most`, the first)."""
+        try:
+            with self.frr[vtep].log_path("zebra").open("rb") as log:
+                log.seek(self._zebra_from.get(vtep, 0))
+                text = log.read().decode(errors="replace")
+        except FileNotFoundError:
+            return []
+        return [line for line in text.splitlines() if mac.lower() in line.lower()][:most]
+
     def arp_cache(self, ip: str, vtep: str = "c") -> tuple[str | None, str | None]:
         """(MAC, remote VTEP) of `vtep`'s EVPN ARP/ND cache entry for `ip` (`show evpn arp-cache
         vni N ip A`: what ARP suppression answers and where it sends), or (None, None)."""
@@ -479,6 +521,7 @@ class EvpnFabric:
             for ip in self.addresses.get(mac, ()):
                 if not wait_until(lambda: self.arp_cache(ip) == (mac, vtep), 60, 0.1):
                     raise RuntimeError(f"EVPN: VTEP c never learned {ip} -> {mac} behind host {source} ({vtep})")
+        self._zebra_from = {name: _size(self.frr[name].log_path("zebra")) for name in VTEPS}
 
     def after_migration(self, destination: str, source: str, started: float, resumed: float | None, taps: dict[str, str],
                         delivered: Delivered) -> list[EvpnMove]:
@@ -497,6 +540,8 @@ class EvpnFabric:
             move.kernel_dst = self.kernel_dst(mac)
             move.ip_cache = {ip: self.arp_cache(ip) for ip in self.addresses.get(mac, ())}
             move.routes = self.routes(mac)
+            move.zebra_trace = {name: self._zebra_lines(name, mac) for name in VTEPS}
+            move.remote_when_local = zebra_order(move.zebra_trace[destination], mac, taps.get(mac, ""))
             tap = tap_index.get(taps.get(mac, ""))
             move.local_at = next((e.time for e in self.watches[destination].events(mac, started)
                                   if e.new and e.master and e.ifindex == tap), None)

@@ -64,14 +64,16 @@ class Frr:
         `frr defaults datacenter` (bgpd.conf's first line) sends updates without the
         traditional profile's advertisement interval. Inbound update debugging is on, with
         microsecond timestamps: the log says when each type-2 route, and its MAC-mobility
-        sequence, arrived (evpn.py reads it instead of polling vtysh).
+        sequence, arrived (evpn.py reads it instead of polling vtysh). So is zebra's EVPN
+        debugging: in what order zebra handled a MAC learned on a local port and a remote
+        VTEP's routes for it, which decides the MAC-mobility sequence (evpn.py, `zebra_order`).
         """
         for path in (self.dir, self.run_dir, self.dir / "tmp"):
             path.mkdir(parents=True, exist_ok=True)
         shutil.chown(self.run_dir, group="frrvty")
         self.run_dir.chmod(0o775)
         common = f"hostname {self.name}\nlog stdout\nlog timestamp precision 6\n"
-        (self.dir / "zebra.conf").write_text(common)
+        (self.dir / "zebra.conf").write_text(common + "debug zebra vxlan\n")
         neighbours = "".join(f" neighbor {peer} peer-group fabric\n" for peer in peers)
         (self.dir / "bgpd.conf").write_text(
             "frr defaults datacenter\n" + common + "debug bgp updates in\n"

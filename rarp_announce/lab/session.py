@@ -234,9 +234,12 @@ class Lab:
         """Each host's rarp-announce reads its own private Open vSwitch (not a system one)."""
         assert self.topology is not None
         rundir = self.topology.hosts[host].ovs.rundir
+        # announce-self goes through libvirt to QEMU's monitor, which a loaded host answers in
+        # seconds: the lab gives it the longest bound the config takes, not the 2 s default.
+        announce = 'guest_announce = true\nagent_timeout = 60\n' if self.guest_announce else 'guest_announce = false\n'
         self.config_path(host).write_text(
             f'[ovs]\ndb = "unix:{rundir}/db.sock"\nrundir = "{rundir}"\nwiring_timeout = 60\n'
-            f'[addresses]\nguest_announce = {"true" if self.guest_announce else "false"}\n'
+            f'[addresses]\n{announce}'
         )
 
     def _install_hook(self, host: str, mode: str) -> None:

