@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rarp_announce.lab.guest import DirectBoot
+from rarp_announce.lab.netns import wait_until
 
 GUEST_DIR_ENV = "RARP_LAB_GUEST_DIR"
 # quiet: the console carries the tally; ipv6.disable=1: no DAD, MLD or router solicitation
@@ -110,14 +111,9 @@ class SerialTally:
         the guest's next report (every half second), so it covers every frame the guest had
         already counted when called. Raises if none comes within `timeout`."""
         seen = len(self._drops_reports())
-        deadline = time.monotonic() + timeout
-        while True:
-            reports = self._drops_reports()
-            if len(reports) > seen:
-                return reports[-1]
-            if time.monotonic() >= deadline:
-                raise RuntimeError(f"the tiny guest reported no drops count within {timeout:.0f} s (console: {self.path})")
-            time.sleep(0.05)
+        if not wait_until(lambda: len(self._drops_reports()) > seen, timeout):
+            raise RuntimeError(f"the tiny guest reported no drops count within {timeout:.0f} s (console: {self.path})")
+        return self._drops_reports()[-1]
 
     def last(self, mac: str) -> int | None:
         nic = self.nics().get(mac.lower())
