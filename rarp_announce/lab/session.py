@@ -26,6 +26,7 @@ lives in its netns and its workdir, both removed by `close()` (also on errors an
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -68,6 +69,8 @@ DAEMON_READY_TIMEOUT = 180.0  # s; ~1 s on an idle machine, a few on a loaded on
 # s; the firmware guest migrates in 2-3 s on an idle machine, but with two busy loops beside the
 # EVPN lab the destination's prepare phase alone took 24 s and a migration 65 s: a bound, not a budget.
 MIGRATION_BOUND = 300.0
+# A directory: `close()` copies the workdir's logs there first (the test suite sets it).
+KEEP_LOGS_ENV = "RARP_LAB_KEEP_LOGS"
 
 Narrate = Callable[[str], None]
 
@@ -634,9 +637,25 @@ class Lab:
         if self.topology is not None:
             self.topology.close()
             self.topology = None
+        if self.workdir is not None:
+            self._keep_logs()
         if self.workdir is not None and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None
+
+    def _keep_logs(self) -> None:
+        """Copy the workdir's logs (libvirtd, QEMU, OVS, FRR, our daemon and hook, the guest's
+        console) under $RARP_LAB_KEEP_LOGS/<workdir name>/ before the workdir goes: the only
+        record of what the hosts did when a test that closed its lab failed."""
+        into = os.environ.get(KEEP_LOGS_ENV)
+        if not into or self.workdir is None:
+            return
+        kept = Path(into) / self.workdir.name
+        for log in self.workdir.rglob("*.log"):
+            if log.is_file():
+                copy = kept / log.relative_to(self.workdir)
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(log, copy)
 
     def _reconnect_quietly(self) -> None:
         """After `load`, reach the libvirtds that still run so their guest can be destroyed."""

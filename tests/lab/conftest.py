@@ -7,6 +7,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -38,3 +40,27 @@ def _own_libvirt_event_loop(request) -> None:
         "lab tests need a pytest process of their own (libvirt takes one event loop per process): "
         "run `pytest -m lab` apart, as `make test` does",
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _keep_lab_logs_of_a_failed_run(request):
+    """Every lab copies its logs here when it closes; they are kept only if a test failed, since
+    a lab removes its workdir on close and a failure's evidence is in libvirtd's, QEMU's, FRR's
+    and our daemon's logs. The path is printed at the end of the run; it is outside pytest's
+    basetemp, which the next three pytest runs rotate away."""
+    from rarp_announce.lab.session import KEEP_LOGS_ENV
+
+    kept = Path(tempfile.mkdtemp(prefix="rarp-lab-logs-"))
+    previous = os.environ.get(KEEP_LOGS_ENV)
+    os.environ[KEEP_LOGS_ENV] = str(kept)
+    yield
+    if previous is None:
+        os.environ.pop(KEEP_LOGS_ENV, None)
+    else:
+        os.environ[KEEP_LOGS_ENV] = previous
+    if request.session.testsfailed == 0 or not any(kept.iterdir()):
+        shutil.rmtree(kept, ignore_errors=True)
+        return
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"lab logs of this failed run kept in {kept}")
