@@ -173,11 +173,15 @@ _ATTR = re.compile(_STAMP + r" BGP: \[[^\]]*\] (\S+?)\(\S*\) rcvd UPDATE w/ attr
 _ROUTE = re.compile(_STAMP + r" BGP: \[[^\]]*\] (\S+?)\(\S*\) rcvd RD \S+ "
                     r"\[2\]:\[\d+\]:\[48\]:\[([0-9a-f:]{17})\](?::\[\d+\]:\[([^\]]+)\])?")
 _MM = re.compile(r"\bMM:(\d+)")
+_STAMPED = re.compile(_STAMP + " ")
 
 
 def _stamp(text: str) -> float:
     whole, _, fraction = text.partition(".")
     return datetime.strptime(whole, "%Y/%m/%d %H:%M:%S").timestamp() + (float("0." + fraction) if fraction else 0.0)
+
+
+_ZEBRA_LOCAL = re.compile(r"UPD MAC (\S+) intf (\S+?)\(\d+\) VID \S+ -> VNI \d+ curFlags ?(.*)$")
 
 
 def zebra_order(lines: list[str], mac: str, tap: str) -> bool | None:
@@ -193,14 +197,20 @@ def zebra_order(lines: list[str], mac: str, tap: str) -> bool | None:
     return None
 
 
-_ZEBRA_LOCAL = re.compile(r"UPD MAC (\S+) intf (\S+?)\(\d+\) VID \S+ -> VNI \d+ curFlags ?(.*)$")
-
-
-def _size(path: Path) -> int:
+def zebra_lines(log: Path, mac: str, since: float, most: int = 60) -> list[str]:
+    """zebra's log lines naming `mac`, stamped at or after `since` (at most `most`, the first)."""
     try:
-        return path.stat().st_size
-    except FileNotFoundError:
-        return 0
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        stamp = _STAMPED.match(line)
+        if stamp and mac.lower() in line.lower() and _stamp(stamp.group(1)) >= since:
+            found.append(line)
+            if len(found) == most:
+                break
+    return found
 
 
 def bgp_updates(log: Path) -> list[BgpUpdate]:
@@ -322,7 +332,6 @@ class EvpnFabric:
         self.traffic: ClientTraffic | None = None
         self.watches: dict[str, VtepFdbWatch] = {}
         self._seq_before: dict[str, int] = {}
-        self._zebra_from: dict[str, int] = {}  # VTEP -> where its zebra.log stood when the migration began
 
     # -- building ---------------------------------------------------------------------------
 
@@ -465,16 +474,6 @@ class EvpnFabric:
                         found.append((str(hops[0].get("ip")), int(mm.group(1)) if mm else 0))
         return found
 
-    def _zebra_lines(self, vtep: str, mac: str, most: int = 60) -> list[str]:
-        """zebra's log lines naming `mac` since the migration began (at most `most`, the first)."""
-        try:
-            with self.frr[vtep].log_path("zebra").open("rb") as log:
-                log.seek(self._zebra_from.get(vtep, 0))
-                text = log.read().decode(errors="replace")
-        except FileNotFoundError:
-            return []
-        return [line for line in text.splitlines() if mac.lower() in line.lower()][:most]
-
     def arp_cache(self, ip: str, vtep: str = "c") -> tuple[str | None, str | None]:
         """(MAC, remote VTEP) of `vtep`'s EVPN ARP/ND cache entry for `ip` (`show evpn arp-cache
         vni N ip A`: what ARP suppression answers and where it sends), or (None, None)."""
@@ -521,7 +520,6 @@ class EvpnFabric:
             for ip in self.addresses.get(mac, ()):
                 if not wait_until(lambda: self.arp_cache(ip) == (mac, vtep), 60, 0.1):
                     raise RuntimeError(f"EVPN: VTEP c never learned {ip} -> {mac} behind host {source} ({vtep})")
-        self._zebra_from = {name: _size(self.frr[name].log_path("zebra")) for name in VTEPS}
 
     def after_migration(self, destination: str, source: str, started: float, resumed: float | None, taps: dict[str, str],
                         delivered: Delivered) -> list[EvpnMove]:
@@ -540,7 +538,7 @@ class EvpnFabric:
             move.kernel_dst = self.kernel_dst(mac)
             move.ip_cache = {ip: self.arp_cache(ip) for ip in self.addresses.get(mac, ())}
             move.routes = self.routes(mac)
-            move.zebra_trace = {name: self._zebra_lines(name, mac) for name in VTEPS}
+            move.zebra_trace = {name: zebra_lines(self.frr[name].log_path("zebra"), mac, started) for name in VTEPS}
             move.remote_when_local = zebra_order(move.zebra_trace[destination], mac, taps.get(mac, ""))
             tap = tap_index.get(taps.get(mac, ""))
             move.local_at = next((e.time for e in self.watches[destination].events(mac, started)

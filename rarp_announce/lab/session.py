@@ -637,8 +637,7 @@ class Lab:
         if self.topology is not None:
             self.topology.close()
             self.topology = None
-        if self.workdir is not None:
-            self._keep_logs()
+        self._keep_logs()
         if self.workdir is not None and not self.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
             self.workdir = None

@@ -46,18 +46,14 @@ def _own_libvirt_event_loop(request) -> None:
 def _keep_lab_logs_of_a_failed_run(request):
     """Every lab copies its logs here when it closes; they are kept only if a test failed, since
     a lab removes its workdir on close and a failure's evidence is in libvirtd's, QEMU's, FRR's
-    and our daemon's logs. The path is printed at the end of the run; it is outside pytest's
-    basetemp, which the next three pytest runs rotate away."""
+    and our daemon's logs. The path is printed at the end of the run. It is not under pytest's
+    basetemp, which later pytest runs delete (only the last three are kept)."""
     from rarp_announce.lab.session import KEEP_LOGS_ENV
 
     kept = Path(tempfile.mkdtemp(prefix="rarp-lab-logs-"))
-    previous = os.environ.get(KEEP_LOGS_ENV)
-    os.environ[KEEP_LOGS_ENV] = str(kept)
-    yield
-    if previous is None:
-        os.environ.pop(KEEP_LOGS_ENV, None)
-    else:
-        os.environ[KEEP_LOGS_ENV] = previous
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(KEEP_LOGS_ENV, str(kept))
+        yield
     if request.session.testsfailed == 0 or not any(kept.iterdir()):
         shutil.rmtree(kept, ignore_errors=True)
         return

@@ -114,8 +114,9 @@ def test_evpn_twenty_migrations_back_and_forth(evpn_lab):
     FRR's duplicate-address detection (5 moves in 180 s) seldom flags the MAC here: the
     source's tap is gone 10-25 ms after the resume, before the destination's route arrives
     (~50 ms), so the source VTEP withdraws and frees the MAC and detection starts over at each
-    migration (on a loaded machine zebra logged "curFlags REM DUP" for some). That order is libvirt's and the machine's, not ours, so the flags are recorded,
-    not asserted; with `freeze` off (FRR's default) the fabric must follow every move either way."""
+    migration (on a loaded machine zebra logged "curFlags REM DUP" for some). That order is
+    libvirt's and the machine's, not ours, so the flags are recorded, not asserted; with `freeze`
+    off (FRR's default) the fabric must follow every move either way."""
     lab = evpn_lab
     sequences = []
     flagged: list[tuple[int, str]] = []

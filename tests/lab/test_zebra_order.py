@@ -3,7 +3,10 @@ held the source's route for a MAC when it learned the MAC on the guest's tap (la
 
 from __future__ import annotations
 
-from rarp_announce.lab.evpn import zebra_order
+from datetime import datetime
+from pathlib import Path
+
+from rarp_announce.lab.evpn import zebra_lines, zebra_order
 
 MAC = "52:54:00:b0:50:63"
 
@@ -31,3 +34,16 @@ def test_only_the_guests_tap_counts_and_nothing_seen_is_unknown() -> None:
     assert zebra_order([_upd("vnet0", 10, "REM ")], MAC, "vnet2") is None
     assert zebra_order([_upd("vnet2", 12, "REM ")], "52:54:00:00:00:01", "vnet2") is None
     assert zebra_order([], MAC, "vnet2") is None
+
+
+def test_zebra_lines_are_the_macs_since_the_migration_began(tmp_path: Path) -> None:
+    log = tmp_path / "zebra.log"
+    log.write_text("\n".join([
+        _upd("vnet1", 11, "LOC ").replace("16:29:46.938253", "16:29:40.000001"),  # before: the source's learn
+        "2026/12/05 16:29:46.900000 ZEBRA: [XAYAY-GEJ4Q] Recv MACIP ADD VNI 100 MAC 52:54:00:00:00:01 seq 0",
+        _upd("vnet2", 12, "REM "),
+        "a continuation line naming " + MAC,
+    ]) + "\n")
+    since = datetime.strptime("2026/12/05 16:29:45", "%Y/%m/%d %H:%M:%S").timestamp()
+    assert zebra_lines(log, MAC.upper(), since) == [_upd("vnet2", 12, "REM ")]
+    assert zebra_lines(tmp_path / "missing.log", MAC, since) == []
